@@ -1,0 +1,10 @@
+"""acme: run one function many times in parallel and keep every result safe on disk."""
+from .errors import ParallelMapError, RemoteTraceback, WorkerDied, CallTimeout
+from .inputs import ArgumentMismatchError
+from .parallel_map import ParallelMap
+from .result_spec import ResultShapeError
+
+__version__ = "0.1.0"
+
+__all__ = ["ParallelMap", "ParallelMapError", "RemoteTraceback", "WorkerDied",
+           "CallTimeout", "ArgumentMismatchError", "ResultShapeError", "__version__"]

@@ -1,0 +1,145 @@
+"""Errors that cross process boundaries, and the one error a failed run raises."""
+from __future__ import annotations
+
+import pickle
+import traceback
+from typing import Any, Optional
+
+__all__ = ["ParallelMapError", "RemoteTraceback", "CallFailure", "WorkerDied",
+           "CallTimeout"]
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in another process, as text.
+
+    Attached as ``__cause__`` of the rebuilt exception, so Python prints it above
+    the local traceback ("The above exception was the direct cause of ...").
+    """
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class WorkerDied(RuntimeError):
+    """The process running a call ended without returning (crash, kill, os._exit)."""
+
+
+class CallTimeout(TimeoutError):
+    """A call ran longer than the ``timeout`` given to ParallelMap."""
+
+
+class CallFailure:
+    """What is known about one failed call, in a form that pickles everywhere.
+
+    Parameters
+    ----------
+    index : int
+        The call's index (0..n-1).
+    exception : BaseException
+        The original exception (its type kept when it pickles).
+    traceback_text : str
+        The formatted traceback from where the call ran.
+    host, pid, rank :
+        Where the call ran (``rank`` only under MPI).
+    duration : float
+        Seconds the call ran before it failed.
+    """
+
+    def __init__(self, index: int, exception: BaseException, traceback_text: str,
+                 host: str, pid: int, rank: Optional[int] = None,
+                 duration: float = 0.0):
+        self.index = index
+        self.exception = exception
+        self.traceback_text = traceback_text
+        self.host = host
+        self.pid = pid
+        self.rank = rank
+        self.duration = duration
+
+    @classmethod
+    def from_exception(cls, index: int, exc: BaseException, host: str, pid: int,
+                       rank: Optional[int] = None, duration: float = 0.0) -> "CallFailure":
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return cls(index, exc, text, host, pid, rank, duration)
+
+    @property
+    def where(self) -> str:
+        place = f"host {self.host}, pid {self.pid}"
+        if self.rank is not None:
+            place = f"MPI rank {self.rank}, " + place
+        return place
+
+    @property
+    def summary(self) -> str:
+        """One line: ``ZeroDivisionError: division by zero``."""
+        return f"{type(self.exception).__name__}: {self.exception}"
+
+    def as_exception(self) -> BaseException:
+        """The original exception with the remote traceback chained as its cause."""
+        exc = self.exception
+        if exc.__traceback__ is None and not isinstance(exc.__cause__, RemoteTraceback):
+            header = f"Call {self.index} failed on {self.where}:\n"
+            exc.__cause__ = RemoteTraceback(
+                "\n" + header + '"""\n' + self.traceback_text + '"""')
+        return exc
+
+    def __reduce__(self):
+        # Send the exception itself only if it survives pickling; otherwise keep its
+        # type name and message so the parent still learns what happened.
+        exc = self.exception
+        try:
+            pickle.loads(pickle.dumps(exc))
+        except Exception:
+            exc = RuntimeError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc} "
+                               "(the original exception could not be pickled)")
+        else:
+            exc = _strip_traceback(exc)
+        return (CallFailure, (self.index, exc, self.traceback_text, self.host,
+                              self.pid, self.rank, self.duration))
+
+
+def _strip_traceback(exc: BaseException) -> BaseException:
+    """Frames do not pickle; the text of the traceback travels separately."""
+    exc.__traceback__ = None
+    exc.__context__ = None
+    exc.__cause__ = None
+    return exc
+
+
+class ParallelMapError(RuntimeError):
+    """One or more calls of a ParallelMap failed; all other calls completed.
+
+    Attributes
+    ----------
+    failed : list of int
+        Indices of the calls that failed, in ascending order.
+    results : list
+        One entry per call: its return value (or result file), None where it failed.
+    errors : dict of int to CallFailure
+        What went wrong in each failed call (exception, traceback text, host, pid).
+    """
+
+    def __init__(self, message: str, failed: list[int], results: list[Any],
+                 errors: dict[int, CallFailure]):
+        super().__init__(message)
+        self.failed = failed
+        self.results = results
+        self.errors = errors
+
+    def __reduce__(self):
+        return (ParallelMapError, (self.args[0], self.failed, self.results, self.errors))
+
+
+def failure_report(func_name: str, n_calls: int,
+                   errors: dict[int, CallFailure]) -> str:
+    """The message of a ParallelMapError: which calls failed and the first error."""
+    failed = sorted(errors)
+    shown = ", ".join(str(i) for i in failed[:20]) + (", ..." if len(failed) > 20 else "")
+    first = errors[failed[0]]
+    return (f"{len(failed)} of {n_calls} calls of {func_name} failed (calls {shown}). "
+            f"First failure, call {first.index} on {first.where}: {first.summary}. "
+            "All other calls completed; see `.failed`, `.results` and `.errors`.")

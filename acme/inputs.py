@@ -1,0 +1,220 @@
+"""Turn ``func, *args, **kwargs`` into ``n`` call specifications.
+
+The rules are esi-acme's (scripts rely on them), minus its known defects:
+
+* a list or tuple of length ``n`` is split element-wise; so is a numpy array that is
+  1-D after squeezing (a ``(1, n)`` or ``(n, 1)`` array gives call ``i`` element ``i``);
+* everything else (scalars, strings, dicts, sets, 2-D arrays, None, ...) is the same
+  for every call;
+* a keyword whose value is a list/tuple counts as "one value per call" only where the
+  function's default for it is not already a list/tuple of that length; an ndarray
+  keyword counts only where its default is not an ndarray.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+
+__all__ = ["ArgumentMismatchError", "CallPlan", "Argument", "prepare_input"]
+
+#: Name of the keyword parameter through which a function receives its call index.
+TASK_ID = "taskID"
+
+
+class ArgumentMismatchError(ValueError, TypeError):
+    """The arguments given to ParallelMap do not fit the function's signature.
+
+    It is both a ValueError (what esi-acme raised) and a TypeError (what Python raises
+    for a call with the wrong arguments), so either ``except`` clause catches it.
+    """
+
+
+@dataclass
+class Argument:
+    """One argument of ``func``: the same for every call, or one value per call."""
+
+    value: Any
+    varying: bool
+
+    def for_call(self, index: int) -> Any:
+        return self.value[index] if self.varying else self.value
+
+    def as_list(self) -> list:
+        """esi-acme's ``argv``/``kwargv`` format: per-call values, or ``[value]``."""
+        return list(self.value) if self.varying else [self.value]
+
+
+@dataclass
+class CallPlan:
+    """Everything needed to make call ``i`` of ``func``."""
+
+    func: Callable
+    n_inputs: int
+    positional: list = field(default_factory=list)  # list[Argument]
+    keywords: dict = field(default_factory=dict)  # dict[str, Argument]
+    inject_task_id: bool = False
+
+    def call_arguments(self, index: int) -> tuple[tuple, dict]:
+        args = tuple(arg.for_call(index) for arg in self.positional)
+        kwargs = {name: arg.for_call(index) for name, arg in self.keywords.items()}
+        if self.inject_task_id:
+            kwargs[TASK_ID] = index
+        return args, kwargs
+
+    @property
+    def varying_positions(self) -> list[int]:
+        return [k for k, arg in enumerate(self.positional) if arg.varying]
+
+    @property
+    def varying_keywords(self) -> list[str]:
+        return [name for name, arg in self.keywords.items() if arg.varying]
+
+    def varying_values(self, index: int) -> tuple[tuple, tuple]:
+        """Only the values that differ between calls (what is sent per call)."""
+        pos = tuple(self.positional[k].value[index] for k in self.varying_positions)
+        kw = tuple(self.keywords[n].value[index] for n in self.varying_keywords)
+        return pos, kw
+
+    @property
+    def argv(self) -> list[list]:
+        return [arg.as_list() for arg in self.positional]
+
+    @property
+    def kwargv(self) -> dict[str, list]:
+        return {name: arg.as_list() for name, arg in self.keywords.items()}
+
+
+def _split_length(value: Any, default: Any = inspect.Parameter.empty) -> Optional[int]:
+    """Length of ``value`` if it can be split into one element per call, else None."""
+    if isinstance(value, (list, tuple)):
+        if isinstance(default, (list, tuple)) and len(default) == len(value):
+            return None
+        return len(value)
+    if isinstance(value, np.ndarray) and not isinstance(default, np.ndarray):
+        squeezed = value.squeeze()
+        if squeezed.ndim == 1:
+            return int(squeezed.size)
+    return None
+
+
+def _as_sequence(value: Any) -> Any:
+    """The per-call view of a splittable value (arrays squeezed to 1-D)."""
+    if isinstance(value, np.ndarray):
+        return value.squeeze()
+    return value
+
+
+def _describe_signature(func: Callable, sig: Optional[inspect.Signature]) -> str:
+    name = getattr(func, "__name__", repr(func))
+    return f"{name}{sig}" if sig is not None else f"{name}(...)"
+
+
+def _signature(func: Callable) -> Optional[inspect.Signature]:
+    try:
+        return inspect.signature(func)
+    except (TypeError, ValueError):  # some builtins and C extensions have none
+        return None
+
+
+def _check_arguments(func: Callable, sig: Optional[inspect.Signature],
+                     args: tuple, kwargs: dict, inject_task_id: bool) -> None:
+    """Fail before anything starts when ``func`` could not be called with these."""
+    if sig is None:
+        return
+    probe_kwargs = dict(kwargs)
+    if inject_task_id:
+        probe_kwargs[TASK_ID] = 0
+    try:
+        sig.bind(*args, **probe_kwargs)
+    except TypeError as exc:
+        required = [p.name for p in sig.parameters.values()
+                    if p.default is p.empty
+                    and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                    and p.name != TASK_ID]
+        given = f"{len(args)} positional argument(s)"
+        if kwargs:
+            given += f" and keyword(s) {sorted(kwargs)}"
+        raise ArgumentMismatchError(
+            f"{_describe_signature(func, sig)} expects {len(required)} positional "
+            f"argument(s) ({', '.join(repr(r) for r in required) or 'none'}), but "
+            f"ParallelMap was given {given}: {exc}") from None
+
+
+def prepare_input(func: Callable, n_inputs: Union[int, str], *args: Any,
+                  **kwargs: Any) -> CallPlan:
+    """Work out how many calls to make and what each call receives.
+
+    Parameters
+    ----------
+    func : callable
+        The user function.
+    n_inputs : int or "auto"
+        Number of calls, or "auto" to infer it from ``args`` and ``kwargs``.
+    *args, **kwargs
+        The arguments as given to ``ParallelMap``.
+
+    Returns
+    -------
+    CallPlan
+
+    Raises
+    ------
+    ArgumentMismatchError
+        ``func`` cannot be called with these arguments.
+    ValueError
+        The number of calls cannot be inferred, does not match the arguments, or is 0.
+    """
+    args = tuple(list(a) if isinstance(a, range) else a for a in args)
+    kwargs = {k: list(v) if isinstance(v, range) else v for k, v in kwargs.items()}
+    sig = _signature(func)
+    params = sig.parameters if sig is not None else {}
+    inject_task_id = TASK_ID in params and TASK_ID not in kwargs
+    _check_arguments(func, sig, args, kwargs, inject_task_id)
+
+    def default_of(name: str) -> Any:
+        param = params.get(name)
+        return param.default if param is not None else inspect.Parameter.empty
+
+    pos_lengths = [_split_length(a) for a in args]
+    kw_lengths = {k: _split_length(v, default_of(k)) for k, v in kwargs.items()}
+    candidates = [n for n in pos_lengths if n is not None]
+    candidates += [n for n in kw_lengths.values() if n is not None]
+    name = getattr(func, "__name__", repr(func))
+
+    if n_inputs == "auto":
+        found = sorted(set(candidates))
+        if not found:
+            raise ValueError(
+                f"ParallelMap could not infer how often to call {name}: no argument is "
+                "a list, tuple or 1-D array to split into one element per call. "
+                "Pass the values as a list, or set `n_inputs` explicitly.")
+        if len(found) > 1:
+            raise ValueError(
+                f"ParallelMap could not infer how often to call {name}: found "
+                f"{len(candidates)} list/tuple/array arguments with different lengths "
+                f"{found}. Set `n_inputs` to the number of calls you want.")
+        n_calls = found[0]
+    else:
+        n_calls = int(n_inputs)
+        if candidates and n_calls not in candidates and set(candidates) != {1}:
+            raise ValueError(
+                f"`n_inputs` is {n_calls}, but no argument of {name} has {n_calls} "
+                f"elements (list/tuple/array lengths found: {sorted(set(candidates))}). "
+                "Set `n_inputs` to one of these lengths, or leave it 'auto'.")
+
+    if n_calls == 0:
+        raise ValueError(
+            f"ParallelMap got empty inputs for {name}: there are 0 calls to make. "
+            "Give at least one element in the list/array to distribute.")
+
+    positional = [
+        Argument(_as_sequence(a), True) if length == n_calls else Argument(a, False)
+        for a, length in zip(args, pos_lengths)]
+    keywords = {
+        k: Argument(_as_sequence(v), True) if kw_lengths[k] == n_calls else Argument(v, False)
+        for k, v in kwargs.items()}
+    return CallPlan(func=func, n_inputs=n_calls, positional=positional,
+                    keywords=keywords, inject_task_id=inject_task_id)

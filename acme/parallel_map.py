@@ -1,0 +1,296 @@
+"""The front: ``ParallelMap``, its parameters, and the orchestration of one run."""
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from typing import Any, Callable, Optional, Union
+
+from . import validation as check
+from .errors import CallFailure, ParallelMapError, failure_report
+from .inputs import CallPlan, prepare_input as _prepare_input
+from .logs import run_logging
+from .result_spec import ResultSpec
+from .sinks import InMemorySink, stack_in_memory
+from .tasks import WorkerContext, dumps
+
+log = logging.getLogger("acme")
+
+__all__ = ["ParallelMap"]
+
+
+class ParallelMap:
+    """Run one function many times in parallel and keep every result.
+
+    Used as a context manager::
+
+        with ParallelMap(f, [2, 4, 6, 8], 4) as pmap:
+            results = pmap.compute()
+
+    calls ``f(2, 4)``, ``f(4, 4)``, ``f(6, 4)`` and ``f(8, 4)`` in parallel.
+
+    Parameters
+    ----------
+    func : callable
+        The function to call. Arguments and return values should be plain Python
+        objects or numpy arrays.
+    *args
+        Positional arguments of ``func``. A list, tuple or (squeezed) 1-D numpy array
+        with one element per call is split, call ``i`` getting element ``i``; anything
+        else is passed unchanged to every call.
+    n_inputs : int or "auto"
+        Number of calls. "auto" (default) infers it from the lengths of the list,
+        tuple and 1-D array arguments; set it when they are ambiguous, or to call
+        ``func`` several times with the same arguments.
+    write_worker_results : bool
+        True (default): every call's return values are saved to HDF5 files by the
+        worker that computed them. False: return values are collected in memory.
+    output_dir : str or None
+        Folder for result files; default ``ACME_YYYYMMDD-hhmmss-ffffff`` in the
+        current directory.
+    result_shape : tuple or None
+        Shape of the stacked first return values, with one ``None`` marking the axis
+        along which calls are stacked (e.g. ``(None, 100)`` for calls returning 100
+        values each); ``np.inf`` marks an axis of unknown length (on disk only).
+    result_dtype : str
+        numpy dtype of the stacked results (default ``"float"``, i.e. float64).
+    single_file : bool
+        Write every call's results into one HDF5 file instead of one file per call.
+    write_pickle : bool
+        Pickle return values (one ``.pickle`` file per call) instead of HDF5.
+    partition : str
+        SLURM partition ("auto": chosen from the memory a dry-run call needs).
+    n_workers : int or "auto"
+        Number of workers. "auto": the usable cores locally, the ranks under MPI.
+    mem_per_worker : str
+        Memory per SLURM worker, such as ``"4GB"``; "auto" takes the partition's.
+    setup_timeout : int
+        Seconds to wait for (SLURM) workers to come up.
+    setup_interactive : bool
+        Ask on a terminal what to do when workers are late or a dry run finished.
+    stop_client : bool or "auto"
+        Whether worker pools are stopped when the map ends ("auto": only pools this
+        map started).
+    verbose : bool or None
+        None: progress and warnings; True: also debug details; False: warnings only.
+    dryrun : bool
+        Run one randomly chosen call first and report its time and memory.
+    logfile : bool, str or None
+        None: a log file in the output folder when results go to disk; True/False
+        force/suppress it; a string names the file.
+    backend : str
+        Where calls run: "auto" (default; MPI inside ``python -m acme.mpi_run``,
+        local processes otherwise), "local", "sequential" (in this process, for
+        debugging), or any registered backend (:func:`acme.backends.registered_backends`).
+    timeout : float or None
+        Seconds one call may run; a call that runs longer is stopped and recorded as
+        failed. Not a parameter of esi-acme.
+    **kwargs
+        Keyword arguments of ``func``, distributed by the same rules as ``args``
+        (a list/tuple keyword counts as one value per call only if ``func``'s default
+        for it is not already a list/tuple of the same length).
+
+    Attributes
+    ----------
+    func : callable
+        The function.
+    argv : list of list
+        One list per positional argument: its per-call values, or ``[value]`` when
+        the same value goes to every call.
+    kwargv : dict of list
+        The same for keyword arguments.
+    n_inputs : int
+        Number of calls.
+    results_container : str or None
+        After a run with results on disk: the path of the container file.
+    """
+
+    objName = "<ParallelMap>"
+    func: Optional[Callable] = None
+    argv: Optional[list] = None
+    kwargv: Optional[dict] = None
+    n_inputs: Optional[int] = None
+
+    def __init__(self, func: Callable, *args: Any, n_inputs: Union[int, str] = "auto",
+                 write_worker_results: bool = True, output_dir: Optional[str] = None,
+                 result_shape: Optional[tuple] = None, result_dtype: str = "float",
+                 single_file: bool = False, write_pickle: bool = False,
+                 partition: str = "auto", n_workers: Union[int, str] = "auto",
+                 mem_per_worker: str = "auto", setup_timeout: int = 60,
+                 setup_interactive: bool = True, stop_client: Union[bool, str] = "auto",
+                 verbose: Optional[bool] = None, dryrun: bool = False,
+                 logfile: Optional[Union[bool, str]] = None, backend: str = "auto",
+                 timeout: Optional[float] = None, **kwargs: Any) -> None:
+        if not callable(func):
+            raise TypeError(f"`func` (the first argument of ParallelMap) has to be a "
+                            f"callable, not {type(func).__name__} {func!r}")
+        check.check_auto_or_int(n_inputs, "n_inputs")
+        self.write_worker_results = check.check_bool(write_worker_results,
+                                                     "write_worker_results")
+        self.output_dir = check.check_path(output_dir, "output_dir")
+        self.single_file = check.check_bool(single_file, "single_file")
+        self.write_pickle = check.check_bool(write_pickle, "write_pickle")
+        self.result_spec = self._check_result_shape(result_shape, result_dtype)
+        self.result_shape = result_shape
+        self.result_dtype = result_dtype
+        if not isinstance(partition, str):
+            raise TypeError(f"`partition` has to be 'auto' or the name of a SLURM "
+                            f"partition (str), not {type(partition).__name__} {partition!r}")
+        if not partition.strip():
+            raise ValueError("`partition` has to be 'auto' or the name of a SLURM "
+                             "partition, not an empty string")
+        self.partition = partition
+        self.n_workers = check.check_auto_or_int(n_workers, "n_workers")
+        self.mem_per_worker = mem_per_worker
+        self.mem_per_worker_mb = check.parse_memory(mem_per_worker, "mem_per_worker")
+        self.setup_timeout = check.check_positive_number(setup_timeout, "setup_timeout")
+        self.setup_interactive = check.check_bool(setup_interactive, "setup_interactive")
+        self.stop_client = check.check_auto_or_bool(stop_client, "stop_client")
+        self.verbose = check.check_optional_bool(verbose, "verbose")
+        self.dryrun = check.check_bool(dryrun, "dryrun")
+        self.logfile = check.check_logfile(logfile)
+        self.timeout = check.check_positive_number(timeout, "timeout", allow_none=True)
+        self.backend_name = self._check_backend(backend)
+        self._warn_about_ignored_options()
+
+        self.prepare_input(func, n_inputs, *args, **kwargs)
+        if self.backend_name != "sequential":
+            # A function that cannot reach a worker is an error before anything runs.
+            dumps(func, f"The function {getattr(func, '__name__', func)!r}")
+
+        self.results_container: Optional[str] = None
+        self.stats: dict = {}
+        self._backend = None
+
+    # ----------------------------------------------------------------- checks
+    def _check_result_shape(self, result_shape: Any, result_dtype: Any) -> Optional[ResultSpec]:
+        if result_shape is None:
+            try:
+                import numpy as np
+                np.dtype(result_dtype)
+            except TypeError:
+                raise TypeError(f"`result_dtype` has to be a numpy data type such as "
+                                f"'float' or 'int32', not {result_dtype!r}") from None
+            return None
+        spec = ResultSpec(result_shape, result_dtype)
+        if spec.has_inf and not self.write_worker_results:
+            raise ValueError("`result_shape` may use np.inf only when results are "
+                             "written to disk (write_worker_results=True); in memory "
+                             "every axis needs a length")
+        return spec
+
+    @staticmethod
+    def _check_backend(backend: Any) -> str:
+        from .backends import registered_backends
+        names = registered_backends()
+        if not isinstance(backend, str):
+            raise TypeError(f"`backend` has to be 'auto' or one of {names}, "
+                            f"not {type(backend).__name__} {backend!r}")
+        if backend != "auto" and backend not in names:
+            raise ValueError(f"`backend` has to be 'auto' or one of {names}, "
+                             f"not {backend!r}")
+        return backend
+
+    def _warn_about_ignored_options(self) -> None:
+        if self.write_pickle and self.single_file:
+            raise ValueError("`write_pickle=True` and `single_file=True` cannot be "
+                             "combined: pickled results are one file per call")
+        if not self.write_worker_results:
+            for name in ("write_pickle", "single_file"):
+                if getattr(self, name):
+                    warnings.warn(f"`{name}=True` has no effect with "
+                                  "write_worker_results=False (results stay in memory)",
+                                  stacklevel=3)
+            if self.output_dir is not None:
+                warnings.warn("`output_dir` has no effect with write_worker_results="
+                              "False (results stay in memory)", stacklevel=3)
+        if self.write_pickle and self.result_spec is not None:
+            warnings.warn("`result_shape` has no effect with write_pickle=True: pickled "
+                          "results are not stacked", stacklevel=3)
+
+    # ------------------------------------------------------------- seed API
+    def prepare_input(self, func: Callable, n_inputs: Union[int, str], *args: Any,
+                      **kwargs: Any) -> None:
+        """Check ``func`` against its arguments and work out the calls.
+
+        Sets ``func``, ``n_inputs``, ``argv`` and ``kwargv``. Raises ValueError when
+        the number of calls cannot be inferred or does not fit the arguments, and
+        an error that is both ValueError and TypeError when ``func`` cannot be called
+        with them.
+        """
+        plan = _prepare_input(func, n_inputs, *args, **kwargs)
+        self._plan: CallPlan = plan
+        self.func = func
+        self.n_inputs = plan.n_inputs
+        self.argv = plan.argv
+        self.kwargv = plan.kwargv
+
+    def __enter__(self) -> "ParallelMap":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.cleanup()
+
+    def cleanup(self) -> None:
+        """Stop the workers this map started (when ``stop_client`` allows)."""
+        if self._backend is not None and self.stop_client is not False:
+            self._backend.close()
+            self._backend = None
+
+    # --------------------------------------------------------------- running
+    def _make_backend(self):
+        from .backends import auto_backend_name, get_backend
+        name = auto_backend_name() if self.backend_name == "auto" else self.backend_name
+        cls = get_backend(name)
+        n_workers = None if self.n_workers == "auto" else self.n_workers
+        return cls(n_workers=n_workers, partition=self.partition,
+                   mem_per_worker=self.mem_per_worker, setup_timeout=self.setup_timeout,
+                   setup_interactive=self.setup_interactive)
+
+    def compute(self) -> Union[list, Any]:
+        """Run every call and return the results.
+
+        Returns
+        -------
+        list or numpy.ndarray
+            With ``write_worker_results=False``: the return values in input order, or
+            one array of ``result_shape`` when it is given. With results on disk: the
+            result files, one per call (``[container]`` with ``single_file``).
+
+        Raises
+        ------
+        ParallelMapError
+            After every call ran, if any failed: it names the failed calls and has
+            the first failure (original type, remote traceback) as its cause.
+        """
+        func_name = getattr(self.func, "__name__", "func")
+        with run_logging(self.verbose, None):
+            if self._backend is None:
+                self._backend = self._make_backend()
+            backend = self._backend
+            sink = InMemorySink(self.result_spec)
+            context = WorkerContext(self._plan, sink)
+            tasks = [(i, *self._plan.varying_values(i)) for i in range(self.n_inputs)]
+            log.info("running %d calls of %s on the %s", self.n_inputs, func_name,
+                     backend.describe())
+            start = time.perf_counter()
+            values: list = [None] * self.n_inputs
+            errors: dict[int, CallFailure] = {}
+            for outcome in backend.run(context, tasks, timeout=self.timeout):
+                if outcome.ok:
+                    values[outcome.index] = outcome.value
+                else:
+                    errors[outcome.index] = outcome.failure
+                    log.error("call %d of %s failed on %s: %s", outcome.index, func_name,
+                              outcome.failure.where, outcome.failure.summary)
+            elapsed = time.perf_counter() - start
+            self.stats = dict(backend.stats, seconds=elapsed)
+            log.info("%d of %d calls done in %.2f s", self.n_inputs - len(errors),
+                     self.n_inputs, elapsed)
+        if errors:
+            first = errors[min(errors)]
+            raise ParallelMapError(failure_report(func_name, self.n_inputs, errors),
+                                   sorted(errors), values, errors) from first.as_exception()
+        if self.result_spec is not None:
+            return stack_in_memory(self.result_spec, values, self.n_inputs)
+        return values

@@ -1,0 +1,105 @@
+"""``result_shape`` / ``result_dtype``: what every call's first return value must look like."""
+from __future__ import annotations
+
+import numbers
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+__all__ = ["ResultSpec", "ResultShapeError", "first_value"]
+
+
+class ResultShapeError(ValueError):
+    """A call returned a value that does not fit ``result_shape``/``result_dtype``."""
+
+
+def _is_inf(entry: Any) -> bool:
+    return isinstance(entry, numbers.Real) and not isinstance(entry, bool) and np.isinf(entry)
+
+
+def first_value(value: Any) -> Any:
+    """The value that ``result_shape`` describes: the first of several return values."""
+    return value[0] if isinstance(value, tuple) else value
+
+
+class ResultSpec:
+    """A validated ``result_shape`` with its ``result_dtype``.
+
+    Parameters
+    ----------
+    shape : tuple
+        Exactly one ``None`` (the axis along which calls are stacked); other entries
+        are non-negative integers or ``np.inf`` (one axis whose length is only known
+        after the run).
+    dtype : str or numpy dtype
+        Anything ``numpy.dtype`` understands; ``"float"`` means float64.
+    """
+
+    def __init__(self, shape: Sequence, dtype: Any = "float"):
+        if not isinstance(shape, (tuple, list)):
+            raise TypeError(
+                f"`result_shape` has to be None or a tuple such as (None, 100), "
+                f"not {type(shape).__name__} {shape!r}")
+        shape = tuple(shape)
+        if sum(entry is None for entry in shape) != 1:
+            raise ValueError(
+                f"`result_shape` must contain exactly one None (the axis along which "
+                f"calls are stacked), got {shape!r}")
+        for entry in shape:
+            if entry is None or _is_inf(entry):
+                continue
+            if isinstance(entry, bool) or not isinstance(entry, numbers.Real):
+                raise ValueError(
+                    f"`result_shape` may only hold None, non-negative integers and "
+                    f"np.inf, got {entry!r} in {shape!r}")
+            if entry < 0 or int(entry) != entry:
+                raise ValueError(
+                    f"`result_shape` may only hold None, non-negative integers and "
+                    f"np.inf, got {entry!r} in {shape!r}")
+        if sum(_is_inf(entry) for entry in shape) > 1:
+            raise ValueError(f"`result_shape` may hold at most one np.inf, got {shape!r}")
+        try:
+            self.dtype = np.dtype(dtype)
+        except TypeError as exc:
+            raise TypeError(f"`result_dtype` has to be a numpy data type such as "
+                            f"'float' or 'int32', not {dtype!r} ({exc})") from None
+        if self.dtype.hasobject:
+            raise TypeError(f"`result_dtype` {dtype!r} holds Python objects; HDF5 and "
+                            "stacked arrays need a numeric or fixed-size type")
+        self.shape = tuple(None if e is None else (np.inf if _is_inf(e) else int(e))
+                           for e in shape)
+        self.stack_axis = self.shape.index(None)
+        # The shape of one call's value: result_shape without the stacking axis.
+        self.call_shape = tuple(e for k, e in enumerate(self.shape) if k != self.stack_axis)
+        self.has_inf = any(_is_inf(e) for e in self.shape)
+
+    def full_shape(self, n_calls: int, inf_length: Optional[int] = None) -> tuple:
+        """The stacked shape for ``n_calls`` calls (``inf_length`` fills an np.inf)."""
+        return tuple(n_calls if e is None else (inf_length if _is_inf(e) else e)
+                     for e in self.shape)
+
+    def matches(self, shape: tuple) -> bool:
+        if len(shape) != len(self.call_shape):
+            return False
+        return all(_is_inf(want) or want == got for want, got in zip(self.call_shape, shape))
+
+    def check(self, value: Any, index: int) -> np.ndarray:
+        """The call's value as an array of the expected shape and dtype, or a clear error."""
+        arr = np.asarray(first_value(value))
+        shown = tuple("inf" if _is_inf(e) else e for e in self.call_shape)
+        if not self.matches(arr.shape):
+            raise ResultShapeError(
+                f"call {index} returned an array of shape {arr.shape}, but "
+                f"result_shape={self.describe()} expects shape {shown} per call")
+        if not np.can_cast(arr.dtype, self.dtype, casting="same_kind"):
+            raise ResultShapeError(
+                f"call {index} returned values of dtype {arr.dtype}, which cannot be "
+                f"stored as result_dtype {self.dtype} without losing information")
+        return arr.astype(self.dtype, copy=False)
+
+    def describe(self) -> str:
+        return "(" + ", ".join("None" if e is None else ("np.inf" if _is_inf(e) else str(e))
+                               for e in self.shape) + ("," if len(self.shape) == 1 else "") + ")"
+
+    def __reduce__(self):
+        return (ResultSpec, (self.shape, self.dtype))

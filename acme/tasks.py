@@ -1,0 +1,135 @@
+"""What a worker does with one call: build its arguments, run it, hand on the value.
+
+The :class:`WorkerContext` holds everything that is the same for every call (the
+function, the constant arguments, where results go). Backends send it to each worker
+once; afterwards a call travels as its index plus the few values that differ.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import time
+from typing import Any, Callable, Optional
+
+from .errors import CallFailure
+from .inputs import CallPlan, TASK_ID
+
+__all__ = ["CallOutcome", "CallTask", "WorkerContext", "dumps", "loads"]
+
+#: One call as it travels to a worker: (index, varying positional values, varying keyword values)
+CallTask = tuple
+
+
+class CallOutcome:
+    """The result of one call as it travels back to the scheduler.
+
+    ``value`` is what the result sink returned: the return value itself for in-memory
+    results, a file name for results on disk. ``failure`` is set instead when the call
+    raised.
+    """
+
+    __slots__ = ("index", "value", "failure", "duration")
+
+    def __init__(self, index: int, value: Any = None,
+                 failure: Optional[CallFailure] = None, duration: float = 0.0):
+        self.index = index
+        self.value = value
+        self.failure = failure
+        self.duration = duration
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+    def __reduce__(self):
+        return (CallOutcome, (self.index, self.value, self.failure, self.duration))
+
+    def __repr__(self) -> str:
+        state = "ok" if self.ok else f"failed: {self.failure.summary}"
+        return f"CallOutcome(index={self.index}, {state}, {self.duration:.4f}s)"
+
+
+class WorkerContext:
+    """Everything a worker needs once to run any call of one ParallelMap."""
+
+    def __init__(self, plan: CallPlan, sink: Any, rank: Optional[int] = None):
+        self.func = plan.func
+        self.n_inputs = plan.n_inputs
+        # None marks a slot filled per call; constants are stored once here.
+        self.positional = [None if a.varying else a.value for a in plan.positional]
+        self.varying_positions = plan.varying_positions
+        self.keywords = {k: a.value for k, a in plan.keywords.items() if not a.varying}
+        self.varying_keywords = plan.varying_keywords
+        self.inject_task_id = plan.inject_task_id
+        self.sink = sink
+        self.rank = rank
+
+    def arguments(self, index: int, pos_values: tuple, kw_values: tuple) -> tuple[list, dict]:
+        args = list(self.positional)
+        for slot, value in zip(self.varying_positions, pos_values):
+            args[slot] = value
+        kwargs = dict(self.keywords)
+        kwargs.update(zip(self.varying_keywords, kw_values))
+        if self.inject_task_id:
+            kwargs[TASK_ID] = index
+        return args, kwargs
+
+    def run(self, task: CallTask) -> CallOutcome:
+        """Run one call; never raises for the call's own errors."""
+        index, pos_values, kw_values = task
+        start = time.perf_counter()
+        try:
+            args, kwargs = self.arguments(index, pos_values, kw_values)
+            value = self.func(*args, **kwargs)
+            stored = self.sink.store(index, value)
+        except Exception as exc:
+            duration = time.perf_counter() - start
+            failure = CallFailure.from_exception(index, exc, HOST, os.getpid(),
+                                                 self.rank, duration)
+            return CallOutcome(index, None, failure, duration)
+        return CallOutcome(index, stored, None, time.perf_counter() - start)
+
+    def run_batch(self, tasks: list) -> list:
+        return [self.run(task) for task in tasks]
+
+
+HOST = socket.gethostname()
+
+
+def dumps(obj: Any, what: str) -> bytes:
+    """Pickle ``obj`` for another process; by value (cloudpickle) where pickle cannot.
+
+    Functions from a script or module travel by reference (the worker imports them);
+    lambdas, closures and functions typed at a prompt travel by value when cloudpickle
+    is installed.
+    """
+    try:
+        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        first_error = exc
+    try:
+        import cloudpickle
+    except ImportError:
+        raise TypeError(
+            f"{what} cannot be sent to worker processes: {first_error}. Define it at "
+            "the top level of a module or script, or install cloudpickle "
+            "(pip install cloudpickle) to send it by value.") from first_error
+    try:
+        return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise TypeError(f"{what} cannot be sent to worker processes, neither with "
+                        f"pickle ({first_error}) nor with cloudpickle ({exc}).") from exc
+
+
+def loads(data: bytes) -> Any:
+    return pickle.loads(data)
+
+
+def find_unpicklable(plan: CallPlan, func: Callable) -> None:
+    """Raise a TypeError naming the first argument of ``plan`` that cannot be sent."""
+    dumps(func, f"The function {getattr(func, '__name__', func)!r}")
+    for k, arg in enumerate(plan.positional):
+        dumps(arg.value, f"Positional argument {k} of {getattr(func, '__name__', func)}")
+    for name, arg in plan.keywords.items():
+        dumps(arg.value, f"Keyword argument {name!r} of {getattr(func, '__name__', func)}")
