@@ -2,17 +2,15 @@
 from __future__ import annotations
 
 import logging
-import time
+import os
 import warnings
 from typing import Any, Callable, Optional, Union
 
 from . import validation as check
-from .errors import CallFailure, ParallelMapError, failure_report
 from .inputs import CallPlan, prepare_input as _prepare_input
-from .logs import run_logging
 from .result_spec import ResultSpec
-from .sinks import InMemorySink, stack_in_memory
-from .tasks import WorkerContext, dumps
+from .runner import check_output_dir, execute
+from .tasks import dumps
 
 log = logging.getLogger("acme")
 
@@ -128,6 +126,8 @@ class ParallelMap:
         self.write_worker_results = check.check_bool(write_worker_results,
                                                      "write_worker_results")
         self.output_dir = check.check_path(output_dir, "output_dir")
+        if self.output_dir is not None and self.write_worker_results:
+            check_output_dir(os.path.abspath(self.output_dir))
         self.single_file = check.check_bool(single_file, "single_file")
         self.write_pickle = check.check_bool(write_pickle, "write_pickle")
         self.result_spec = self._check_result_shape(result_shape, result_dtype)
@@ -252,10 +252,12 @@ class ParallelMap:
 
         Returns
         -------
-        list or numpy.ndarray
-            With ``write_worker_results=False``: the return values in input order, or
-            one array of ``result_shape`` when it is given. With results on disk: the
-            result files, one per call (``[container]`` with ``single_file``).
+        list or numpy.ndarray or None
+            With results on disk (default): the result file of each call, in input
+            order (``[container]`` with ``single_file``); ``results_container`` names
+            the container. With ``write_worker_results=False``: the return values in
+            input order, or one array of ``result_shape`` when it is given. None if
+            the user stopped after a dry run.
 
         Raises
         ------
@@ -263,34 +265,6 @@ class ParallelMap:
             After every call ran, if any failed: it names the failed calls and has
             the first failure (original type, remote traceback) as its cause.
         """
-        func_name = getattr(self.func, "__name__", "func")
-        with run_logging(self.verbose, None):
-            if self._backend is None:
-                self._backend = self._make_backend()
-            backend = self._backend
-            sink = InMemorySink(self.result_spec)
-            context = WorkerContext(self._plan, sink)
-            tasks = [(i, *self._plan.varying_values(i)) for i in range(self.n_inputs)]
-            log.info("running %d calls of %s on the %s", self.n_inputs, func_name,
-                     backend.describe())
-            start = time.perf_counter()
-            values: list = [None] * self.n_inputs
-            errors: dict[int, CallFailure] = {}
-            for outcome in backend.run(context, tasks, timeout=self.timeout):
-                if outcome.ok:
-                    values[outcome.index] = outcome.value
-                else:
-                    errors[outcome.index] = outcome.failure
-                    log.error("call %d of %s failed on %s: %s", outcome.index, func_name,
-                              outcome.failure.where, outcome.failure.summary)
-            elapsed = time.perf_counter() - start
-            self.stats = dict(backend.stats, seconds=elapsed)
-            log.info("%d of %d calls done in %.2f s", self.n_inputs - len(errors),
-                     self.n_inputs, elapsed)
-        if errors:
-            first = errors[min(errors)]
-            raise ParallelMapError(failure_report(func_name, self.n_inputs, errors),
-                                   sorted(errors), values, errors) from first.as_exception()
-        if self.result_spec is not None:
-            return stack_in_memory(self.result_spec, values, self.n_inputs)
-        return values
+        if self._backend is None:
+            self._backend = self._make_backend()
+        return execute(self, self._backend)

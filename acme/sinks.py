@@ -1,13 +1,123 @@
-"""Where a call's return value goes, decided once per run and run inside the worker."""
+"""Where a call's return values go. A sink runs inside the worker that made the call,
+so results are written where they were computed and only a small note (the file
+name) travels back to the scheduler.
+
+Every file appears complete or not at all: it is written under a temporary name in
+the same folder and renamed into place.
+"""
 from __future__ import annotations
 
+import os
+import pickle
 from typing import Any, Optional
 
 import numpy as np
 
+from .layout import OutputLayout
 from .result_spec import ResultSpec
 
-__all__ = ["InMemorySink", "stack_in_memory"]
+__all__ = ["InMemorySink", "PayloadSink", "PickleSink", "SingleFileSink", "Stored",
+           "stack_in_memory", "hdf5_values", "write_h5_atomic"]
+
+
+class Stored:
+    """What a disk sink reports back for one call: where the values went.
+
+    ``pickled`` is True when the values could not be stored in HDF5 and were pickled
+    instead; ``shape`` is the shape of the first value (needed for ``np.inf`` axes).
+    """
+
+    __slots__ = ("path", "pickled", "shape")
+
+    def __init__(self, path: str, pickled: bool = False, shape: Optional[tuple] = None):
+        self.path = path
+        self.pickled = pickled
+        self.shape = shape
+
+    def __reduce__(self):
+        return (Stored, (self.path, self.pickled, self.shape))
+
+    def __repr__(self) -> str:
+        return f"Stored({self.path!r}, pickled={self.pickled}, shape={self.shape})"
+
+
+def _as_values(value: Any) -> list:
+    """A tuple return is several values (result_0, result_1, ...); anything else one."""
+    return list(value) if isinstance(value, tuple) else [value]
+
+
+def _hdf5_array(value: Any) -> Optional[np.ndarray]:
+    """``value`` as an array HDF5 can hold, or None (dicts, None, objects, ragged lists)."""
+    if value is None or isinstance(value, (dict, set, frozenset)):
+        return None
+    if isinstance(value, (str, bytes)):
+        import h5py
+        kind = h5py.string_dtype("utf-8") if isinstance(value, str) else h5py.string_dtype("ascii")
+        return np.array([value], dtype=kind)
+    try:
+        arr = np.asarray(value)
+    except Exception:
+        return None
+    if arr.dtype.kind == "U":  # numpy unicode has no HDF5 type: variable-length UTF-8
+        import h5py
+        arr = arr.astype(h5py.string_dtype("utf-8"))
+    elif arr.dtype.kind in "OVMm":
+        if arr.dtype.kind == "O" and arr.size and all(isinstance(v, str) for v in arr.flat):
+            import h5py
+            arr = arr.astype(h5py.string_dtype("utf-8"))
+        else:
+            return None
+    if arr.ndim == 0:
+        arr = arr.reshape(1)  # esi-acme stores scalars with shape (1,)
+    return arr
+
+
+def hdf5_values(values: list) -> Optional[list]:
+    """Every value as an HDF5-storable array, or None if any one cannot be stored."""
+    arrays = []
+    for value in values:
+        arr = _hdf5_array(value)
+        if arr is None:
+            return None
+        arrays.append(arr)
+    return arrays
+
+
+def _temporary_name(path: str) -> str:
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f".{name}.{os.getpid()}.tmp")
+
+
+def write_h5_atomic(path: str, arrays: list, first_key: int = 0) -> None:
+    """Write ``result_{first_key}``, ``result_{first_key+1}``, ... into a new file at ``path``."""
+    import h5py
+    tmp = _temporary_name(path)
+    try:
+        with h5py.File(tmp, "w") as h5f:
+            for k, arr in enumerate(arrays, start=first_key):
+                h5f.create_dataset(f"result_{k}", data=arr)
+        os.replace(tmp, path)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
+def write_pickle_atomic(path: str, value: Any) -> None:
+    tmp = _temporary_name(path)
+    try:
+        with open(tmp, "wb") as fh:
+            pickle.dump(value, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, path)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 class InMemorySink:
@@ -21,6 +131,95 @@ class InMemorySink:
         if self.spec is not None:
             return self.spec.check(value, index)
         return value
+
+
+class PayloadSink:
+    """One HDF5 file per call (``f_payload/f_{i}.h5``); a pickle where HDF5 cannot."""
+
+    def __init__(self, layout: OutputLayout, spec: Optional[ResultSpec] = None):
+        self.layout = layout
+        self.spec = spec
+
+    def store(self, index: int, value: Any) -> Stored:
+        values = _as_values(value)
+        if self.spec is not None:
+            values[0] = self.spec.check(value, index)
+        arrays = hdf5_values(values)
+        if arrays is None:
+            path = self.layout.fallback_pickle(index)
+            write_pickle_atomic(path, value)
+            return Stored(path, pickled=True)
+        path = self.layout.payload(index)
+        write_h5_atomic(path, arrays)
+        return Stored(path, shape=arrays[0].shape)
+
+
+class PickleSink:
+    """``write_pickle=True``: the return value pickled to ``f_{i}.pickle``."""
+
+    def __init__(self, layout: OutputLayout):
+        self.layout = layout
+
+    def store(self, index: int, value: Any) -> Stored:
+        path = self.layout.pickle(index)
+        write_pickle_atomic(path, value)
+        return Stored(path, pickled=True)
+
+
+class SingleFileSink:
+    """``single_file=True``: everything ends up in one real ``f.h5``.
+
+    With a fixed ``result_shape`` the scheduler creates ``result_0`` with its space
+    allocated up front; each worker then writes its call's rows as raw bytes at the
+    dataset's file offset (no HDF5 metadata changes, so concurrent writers are safe
+    and fast). Values that need new HDF5 objects (``comp_{i}/result_k``) go to a
+    small per-call part file that the scheduler merges once every call is done.
+    """
+
+    def __init__(self, layout: OutputLayout, spec: Optional[ResultSpec],
+                 raw_offset: Optional[int], n_calls: int):
+        self.layout = layout
+        self.spec = spec
+        self.raw_offset = raw_offset
+        self.n_calls = n_calls
+
+    def store(self, index: int, value: Any) -> Stored:
+        values = _as_values(value)
+        if self.spec is not None:
+            values[0] = self.spec.check(value, index)
+        arrays = hdf5_values(values)
+        if arrays is None:
+            path = self.layout.fallback_pickle(index)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            write_pickle_atomic(path, value)
+            return Stored(path, pickled=True)
+        shape = arrays[0].shape
+        if self.raw_offset is not None:
+            self._write_rows(index, arrays[0])
+            arrays = arrays[1:]
+            first_key = 1
+        else:
+            first_key = 0
+        if arrays:
+            write_h5_atomic(self.layout.part(index), arrays, first_key=first_key)
+        return Stored(self.layout.container, shape=shape)
+
+    def _write_rows(self, index: int, arr: np.ndarray) -> None:
+        spec = self.spec
+        full = spec.full_shape(self.n_calls)
+        axis = spec.stack_axis
+        outer = int(np.prod(full[:axis], dtype=np.int64))
+        inner = int(np.prod(full[axis + 1:], dtype=np.int64))
+        itemsize = spec.dtype.itemsize
+        data = np.ascontiguousarray(arr, dtype=spec.dtype).reshape(outer, inner)
+        fd = os.open(self.layout.container, os.O_WRONLY)
+        try:
+            for row in range(outer):
+                # element (row, index, 0) of the dataset viewed as (outer, n, inner)
+                offset = self.raw_offset + ((row * self.n_calls + index) * inner) * itemsize
+                os.pwrite(fd, data[row].tobytes(), offset)
+        finally:
+            os.close(fd)
 
 
 def stack_in_memory(spec: ResultSpec, values: list, n_calls: int) -> np.ndarray:

@@ -16,8 +16,11 @@ log() { printf '[install_test_deps] %s\n' "$*"; }
 die() { printf '[install_test_deps] ERROR: %s\n' "$*" >&2; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || die "run as root (apt-get and the test SLURM cluster need it)"
-PY=$(command -v python3) || die "python3 not found"
-PIP=("$PY" -m pip --disable-pip-version-check --no-input --root-user-action=ignore)
+command -v python3 >/dev/null || die "python3 not found"
+# The interpreter itself, not a pyenv shim: mpiexec then starts the same Python quickly.
+PY=$(python3 -c 'import sys; print(sys.executable)')
+PIP=("$PY" -m pip --disable-pip-version-check --no-input)
+export PIP_ROOT_USER_ACTION=ignore   # we are root on purpose; keep the log readable
 WHEEL_CACHE=${ACME_WHEEL_CACHE:-$HOME/.cache/acme-wheels}
 
 # ---------------------------------------------------------------- apt
@@ -153,11 +156,11 @@ from mpi4py import MPI
 cfg = h5py.get_config()
 print("  python     ", sys.version.split()[0], sys.executable)
 print("  numpy      ", numpy.__version__)
-print("  mpi4py     ", mpi4py.__version__, "-", MPI.Get_library_version().splitlines()[0].strip())
+print("  mpi4py     ", mpi4py.__version__, "-", MPI.Get_library_version().splitlines()[0].strip("\x00 ").rstrip(","))
 print("  h5py       ", h5py.__version__, "HDF5", h5py.version.hdf5_version, "mpi =", cfg.mpi)
 print("  pytest     ", pytest.__version__)
 PYEOF
 printf '  %-11s %s\n' "mpiexec" "$(mpiexec --version 2>/dev/null | head -n 1)"
-printf '  %-11s %s\n' "slurm" "$(srun --version)"
+printf '  %-11s %s\n' "slurm" "$(slurmd -V)"   # srun --version already needs a slurm.conf
 printf '  %-11s %s\n' "munge" "$(munged --version 2>&1 | head -n 1)"
 log "done in $((SECONDS - start)) s"

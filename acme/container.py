@@ -1,0 +1,137 @@
+"""The scheduler's side of results on disk: the container file that ties the per-call
+files together, and the single result file of ``single_file=True``.
+
+The container is rebuilt from what is on disk, written under a temporary name and
+renamed, so it is valid after any run that wrote anything.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from typing import Optional
+
+import numpy as np
+
+from .layout import OutputLayout
+from .result_spec import ResultSpec
+from .sinks import Stored, _temporary_name, _remove_quietly
+
+log = logging.getLogger("acme")
+
+__all__ = ["build_container", "create_single_file", "finish_single_file"]
+
+#: Attributes acme adds to container files (esi-acme readers ignore them).
+ATTR_CALLS = "acme_n_calls"
+ATTR_MISSING = "acme_missing_calls"
+
+
+def _fill_value(dtype: np.dtype):
+    return np.nan if dtype.kind in "fc" else 0
+
+
+def _stacked_shape(spec: ResultSpec, n_calls: int, shapes: dict) -> tuple:
+    """Full shape of result_0; an ``np.inf`` axis takes the longest call's length."""
+    inf_length = None
+    if spec.has_inf:
+        inf_axis = [k for k, e in enumerate(spec.call_shape) if e == np.inf][0]
+        inf_length = max((s[inf_axis] for s in shapes.values()), default=0)
+    return spec.full_shape(n_calls, inf_length)
+
+
+def _index(spec: ResultSpec, call: int, shape: tuple) -> tuple:
+    """Selection in the stacked dataset for ``call`` whose value has ``shape``."""
+    sel = [slice(0, n) for n in shape]
+    sel.insert(spec.stack_axis, call)
+    return tuple(sel)
+
+
+def build_container(layout: OutputLayout, n_calls: int, spec: Optional[ResultSpec],
+                    stored: dict[int, Stored]) -> str:
+    """Write ``f.h5``: ``comp_{i}`` external links to every HDF5 payload and, with
+    ``result_shape``, a virtual dataset ``result_0`` stacking them.
+
+    Source paths are relative to the container so the folder can be moved.
+    """
+    import h5py
+    h5_calls = sorted(i for i, s in stored.items() if not s.pickled)
+    tmp = _temporary_name(layout.container)
+    try:
+        with h5py.File(tmp, "w", libver="latest") as h5f:
+            for i in h5_calls:
+                h5f[f"comp_{i}"] = h5py.ExternalLink(layout.payload_link(i), "/")
+            if spec is not None:
+                shapes = {i: stored[i].shape for i in h5_calls}
+                full = _stacked_shape(spec, n_calls, shapes)
+                vds = h5py.VirtualLayout(shape=full, dtype=spec.dtype)
+                for i in h5_calls:
+                    source = h5py.VirtualSource(layout.payload_link(i), "result_0",
+                                                shape=shapes[i], dtype=spec.dtype)
+                    vds[_index(spec, i, shapes[i])] = source
+                h5f.create_virtual_dataset("result_0", vds,
+                                           fillvalue=_fill_value(spec.dtype))
+            h5f.attrs[ATTR_CALLS] = n_calls
+            h5f.attrs[ATTR_MISSING] = np.array(
+                sorted(set(range(n_calls)) - set(h5_calls)), dtype=np.int64)
+        os.replace(tmp, layout.container)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+    return layout.container
+
+
+def create_single_file(layout: OutputLayout, n_calls: int,
+                       spec: Optional[ResultSpec]) -> Optional[int]:
+    """Create ``f.h5`` before the calls run; return the file offset of ``result_0``
+    when workers can write its rows directly (fixed shape), else None."""
+    import h5py
+    os.makedirs(layout.parts_dir, exist_ok=True)
+    with h5py.File(layout.container, "w") as h5f:
+        h5f.attrs[ATTR_CALLS] = n_calls
+        if spec is None or spec.has_inf:
+            return None
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_layout(h5py.h5d.CONTIGUOUS)
+        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+        dcpl.set_fill_time(h5py.h5d.FILL_TIME_ALLOC)
+        dcpl.set_fill_value(np.array(_fill_value(spec.dtype), dtype=spec.dtype))
+        full = spec.full_shape(n_calls)
+        space = h5py.h5s.create_simple(full)
+        dsid = h5py.h5d.create(h5f.id, b"result_0", h5py.h5t.py_create(spec.dtype),
+                               space, dcpl=dcpl)
+        offset = dsid.get_offset()
+        dsid.close()
+        if offset is None:  # an empty dataset has no storage
+            return None
+        return int(offset)
+
+
+def finish_single_file(layout: OutputLayout, n_calls: int, spec: Optional[ResultSpec],
+                       stored: dict[int, Stored], raw_rows: bool) -> str:
+    """Merge the per-call part files into ``f.h5`` (``comp_{i}/result_k``, and
+    ``result_0`` when its shape was only known at the end), then remove them."""
+    import h5py
+    with h5py.File(layout.container, "a") as h5f:
+        h5_calls = sorted(i for i, s in stored.items() if not s.pickled)
+        if spec is not None and not raw_rows:
+            shapes = {i: stored[i].shape for i in h5_calls}
+            full = _stacked_shape(spec, n_calls, shapes)
+            dset = h5f.create_dataset("result_0", shape=full, dtype=spec.dtype,
+                                      fillvalue=_fill_value(spec.dtype))
+            for i in h5_calls:
+                with h5py.File(layout.part(i), "r") as part:
+                    dset[_index(spec, i, shapes[i])] = part["result_0"][()]
+        for i in h5_calls:
+            part_path = layout.part(i)
+            if not os.path.exists(part_path):
+                continue
+            with h5py.File(part_path, "r") as part:
+                names = [n for n in part if not (spec is not None and n == "result_0")]
+                if names:
+                    group = h5f.require_group(f"comp_{i}")
+                    for name in names:
+                        part.copy(part[name], group, name=name)
+        h5f.attrs[ATTR_MISSING] = np.array(
+            sorted(set(range(n_calls)) - set(h5_calls)), dtype=np.int64)
+    shutil.rmtree(layout.parts_dir, ignore_errors=True)
+    return layout.container

@@ -1,0 +1,163 @@
+"""One run of a ParallelMap: output folder, log, sink, dry run, the backend's loop,
+the container, and the failure report."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from typing import Any, Optional
+
+from .container import build_container, create_single_file, finish_single_file
+from .dryrun import ask_to_continue, dry_run
+from .errors import CallFailure, ParallelMapError, failure_report
+from .layout import OutputLayout, default_output_dir, file_stem
+from .logs import run_logging
+from .sinks import (InMemorySink, PayloadSink, PickleSink, SingleFileSink, Stored,
+                    stack_in_memory)
+from .tasks import WorkerContext
+
+log = logging.getLogger("acme")
+
+__all__ = ["execute", "check_output_dir"]
+
+
+def check_output_dir(path: str) -> None:
+    """Refuse a folder that already holds files: never mix or overwrite two runs."""
+    if os.path.isdir(path) and os.listdir(path):
+        raise ValueError(
+            f"`output_dir` {path!r} already exists and is not empty. Choose a new or "
+            "empty folder, or leave output_dir=None for a fresh ACME_<time> folder; to "
+            "continue an interrupted run in this folder use resume=True.")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"`output_dir` {path!r} exists and is not a folder")
+
+
+def _prepare_output(pmap) -> Optional[OutputLayout]:
+    if not pmap.write_worker_results:
+        return None
+    folder = os.path.abspath(pmap.output_dir) if pmap.output_dir else default_output_dir()
+    check_output_dir(folder)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        layout = OutputLayout(folder, file_stem(pmap.func))
+        if not pmap.write_pickle and not pmap.single_file:
+            os.makedirs(layout.payload_dir, exist_ok=True)
+    except OSError as exc:
+        raise OSError(f"cannot create the output folder {folder!r}: {exc}") from exc
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"the output folder {folder!r} is not writable")
+    return layout
+
+
+def _logfile_path(pmap, layout: Optional[OutputLayout]) -> Optional[str]:
+    if pmap.logfile is False or (pmap.logfile is None and layout is None):
+        return None
+    if isinstance(pmap.logfile, str):
+        return os.path.abspath(os.path.expanduser(pmap.logfile))
+    if layout is not None:
+        return layout.logfile()
+    return OutputLayout(os.getcwd(), file_stem(pmap.func)).logfile()
+
+
+def _log_parameters(pmap, backend, layout: Optional[OutputLayout]) -> None:
+    where = layout.output_dir if layout else "memory"
+    log.info("ParallelMap of %s: %d calls on the %s; results in %s",
+             getattr(pmap.func, "__name__", pmap.func), pmap.n_inputs,
+             backend.describe(), where)
+    params = {name: getattr(pmap, name) for name in (
+        "write_worker_results", "output_dir", "result_shape", "result_dtype",
+        "single_file", "write_pickle", "partition", "n_workers", "mem_per_worker",
+        "setup_timeout", "setup_interactive", "stop_client", "verbose", "dryrun",
+        "logfile", "backend_name", "timeout")}
+    log.info("parameters: %s", ", ".join(f"{k}={v!r}" for k, v in params.items()))
+
+
+def _make_sink(pmap, layout: Optional[OutputLayout]):
+    if layout is None:
+        return InMemorySink(pmap.result_spec), False
+    if pmap.write_pickle:
+        return PickleSink(layout), False
+    if pmap.single_file:
+        offset = create_single_file(layout, pmap.n_inputs, pmap.result_spec)
+        return SingleFileSink(layout, pmap.result_spec, offset, pmap.n_inputs), offset is not None
+    return PayloadSink(layout, pmap.result_spec), False
+
+
+def _finish_files(pmap, layout: OutputLayout, stored: dict[int, Stored],
+                  raw_rows: bool) -> None:
+    if pmap.write_pickle:
+        pmap.results_container = None
+    elif pmap.single_file:
+        pmap.results_container = finish_single_file(layout, pmap.n_inputs,
+                                                    pmap.result_spec, stored, raw_rows)
+    elif stored:
+        pmap.results_container = build_container(layout, pmap.n_inputs,
+                                                 pmap.result_spec, stored)
+    fallback = sorted(i for i, s in stored.items()
+                      if s.pickled and not pmap.write_pickle)
+    if fallback:
+        shown = ", ".join(map(str, fallback[:10])) + (", ..." if len(fallback) > 10 else "")
+        message = (f"the return values of {len(fallback)} call(s) ({shown}) cannot be "
+                   "stored in HDF5 (e.g. dict, None or other Python objects) and were "
+                   f"pickled instead, e.g. {stored[fallback[0]].path}")
+        log.warning(message)
+        warnings.warn(message, stacklevel=4)
+
+
+def execute(pmap, backend) -> Any:
+    """Run every call of ``pmap`` on ``backend``; see ``ParallelMap.compute``."""
+    func_name = getattr(pmap.func, "__name__", "func")
+    layout = _prepare_output(pmap)
+    logfile = _logfile_path(pmap, layout)
+    with run_logging(pmap.verbose, logfile):
+        _log_parameters(pmap, backend, layout)
+        sink, raw_rows = _make_sink(pmap, layout)
+        context = WorkerContext(pmap._plan, sink)
+        tasks = [(i, *pmap._plan.varying_values(i)) for i in range(pmap.n_inputs)]
+        if pmap.dryrun:
+            report = dry_run(context, tasks, timeout=pmap.timeout)
+            if not ask_to_continue(report, pmap.n_inputs, backend.n_workers,
+                                   pmap.setup_interactive):
+                log.info("stopped after the dry run, as asked; nothing else ran")
+                return None
+        start = time.perf_counter()
+        first_at = None
+        values: list = [None] * pmap.n_inputs
+        stored: dict[int, Stored] = {}
+        errors: dict[int, CallFailure] = {}
+        try:
+            for outcome in backend.run(context, tasks, timeout=pmap.timeout):
+                first_at = first_at or time.perf_counter() - start
+                if outcome.ok:
+                    if isinstance(outcome.value, Stored):
+                        stored[outcome.index] = outcome.value
+                        values[outcome.index] = outcome.value.path
+                    else:
+                        values[outcome.index] = outcome.value
+                else:
+                    failure = outcome.failure
+                    errors[outcome.index] = failure
+                    log.error("call %d of %s failed on %s after %.3f s: %s\n%s",
+                              outcome.index, func_name, failure.where, failure.duration,
+                              failure.summary, failure.traceback_text.rstrip())
+        finally:
+            elapsed = time.perf_counter() - start
+            pmap.stats = dict(backend.stats, seconds=elapsed,
+                              first_result_seconds=first_at)
+            if layout is not None:
+                _finish_files(pmap, layout, stored, raw_rows)
+        log.info("%d of %d calls of %s done in %.2f s (%d failed)%s",
+                 pmap.n_inputs - len(errors), pmap.n_inputs, func_name, elapsed,
+                 len(errors), f"; results in {layout.output_dir}" if layout else "")
+        if pmap.results_container:
+            log.info("results container: %s", pmap.results_container)
+    if errors:
+        first = errors[min(errors)]
+        raise ParallelMapError(failure_report(func_name, pmap.n_inputs, errors),
+                               sorted(errors), values, errors) from first.as_exception()
+    if layout is not None and pmap.single_file:
+        return [pmap.results_container]
+    if layout is None and pmap.result_spec is not None:
+        return stack_in_memory(pmap.result_spec, values, pmap.n_inputs)
+    return values
