@@ -24,6 +24,7 @@ __all__ = ["build_container", "create_single_file", "finish_single_file"]
 #: Attributes acme adds to container files (esi-acme readers ignore them).
 ATTR_CALLS = "acme_n_calls"
 ATTR_MISSING = "acme_missing_calls"
+ATTR_AXIS = "acme_stack_axis"
 
 
 def _fill_value(dtype: np.dtype):
@@ -101,6 +102,7 @@ def create_single_file(layout: OutputLayout, n_calls: int,
                                space, dcpl=dcpl)
         offset = dsid.get_offset()
         dsid.close()
+        h5f["result_0"].attrs[ATTR_AXIS] = spec.stack_axis
         if offset is None:  # an empty dataset has no storage
             return None
         return int(offset)
@@ -118,6 +120,7 @@ def finish_single_file(layout: OutputLayout, n_calls: int, spec: Optional[Result
             full = _stacked_shape(spec, n_calls, shapes)
             dset = h5f.create_dataset("result_0", shape=full, dtype=spec.dtype,
                                       fillvalue=_fill_value(spec.dtype))
+            dset.attrs[ATTR_AXIS] = spec.stack_axis
             for i in h5_calls:
                 with h5py.File(layout.part(i), "r") as part:
                     dset[_index(spec, i, shapes[i])] = part["result_0"][()]

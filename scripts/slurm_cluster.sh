@@ -107,6 +107,9 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 SchedulerType=sched/backfill
+# Reject at submission a job that no partition it names can ever run (time or CPU count over
+# the limits) instead of leaving it pending forever; '-p small,large' still picks one that fits.
+EnforcePartLimits=ANY
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 # Lets the node advertise more CPUs/memory than the machine has (without it, it drains).

@@ -66,6 +66,44 @@ def in_tmp_path(tmp_path, monkeypatch):
     return tmp_path
 
 
+def _child_pids() -> set:
+    """PIDs of this process's live children (zombies excluded)."""
+    try:
+        import psutil
+    except ImportError:  # fall back to what multiprocessing knows about
+        import multiprocessing
+        return {p.pid for p in multiprocessing.active_children()}
+    pids = set()
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE:
+                pids.add(child.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return pids
+
+
+@pytest.fixture
+def no_leftover_processes():
+    """Fail the test if it leaves child processes running (workers must be stopped).
+
+    Leftovers are killed by PID so that later tests are not disturbed.
+    """
+    before = _child_pids()
+    yield
+    deadline = time.monotonic() + 3.0
+    leftover = _child_pids() - before
+    while leftover and time.monotonic() < deadline:
+        time.sleep(0.05)
+        leftover = _child_pids() - before
+    for pid in leftover:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert not leftover, f"the test left child processes running: {sorted(leftover)}"
+
+
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "local_processes: the test starts worker processes on this machine")
@@ -94,13 +132,28 @@ class ScriptResult:
 
 
 def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+    """Whether a live (non-zombie) process is still in process group ``pgid``."""
+    proc = Path("/proc")
+    if not proc.is_dir():  # not Linux: ask the kernel (zombies count as alive)
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
         return True
-    return True
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # fields after "(comm)": state ppid pgrp ...
+        fields = stat[stat.rindex(")") + 2:].split()
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
 
 
 def _kill_group(pgid: int) -> None:
