@@ -3,6 +3,8 @@
 Library code only logs to ``logging.getLogger("acme")``. For the duration of a run,
 :func:`run_logging` sets the level from ``verbose``, adds a console handler when the
 user has not configured logging themselves, and a file handler for the log file.
+Records logged with ``extra=FILE_ONLY`` (the run's full parameter list, tracebacks)
+go to the log file but not to the console.
 """
 from __future__ import annotations
 
@@ -13,14 +15,18 @@ from typing import Iterator, Optional
 
 log = logging.getLogger("acme")
 
-__all__ = ["log", "run_logging", "level_for"]
+__all__ = ["log", "run_logging", "level_for", "FILE_ONLY"]
 
-FORMAT = "%(asctime)s - ACME - %(levelname)s - %(message)s"
+FILE_ONLY = {"acme_file_only": True}
 
 
 def level_for(verbose: Optional[bool]) -> int:
     """None: progress and warnings; True: also debug details; False: warnings only."""
     return {None: logging.INFO, True: logging.DEBUG, False: logging.WARNING}[verbose]
+
+
+def _not_file_only(record: logging.LogRecord) -> bool:
+    return not getattr(record, "acme_file_only", False)
 
 
 def _user_configured_logging() -> bool:
@@ -31,22 +37,25 @@ def _user_configured_logging() -> bool:
 
 @contextlib.contextmanager
 def run_logging(verbose: Optional[bool], logfile: Optional[str]) -> Iterator[None]:
+    """Console and log-file output for one run; restores the logger afterwards."""
+    console_level = level_for(verbose)
     handlers = []
     if not _user_configured_logging():
         console = logging.StreamHandler(sys.stderr)
         console.setFormatter(logging.Formatter("ACME - %(levelname)s - %(message)s"))
+        console.setLevel(console_level)
+        console.addFilter(_not_file_only)
         handlers.append(console)
+    file_level = logging.DEBUG if verbose else logging.INFO
     if logfile:
         file_handler = logging.FileHandler(logfile, encoding="utf-8")
-        file_handler.setFormatter(logging.Formatter(FORMAT))
-        file_handler.setLevel(logging.DEBUG if verbose else logging.INFO)
+        file_handler.setFormatter(logging.Formatter(
+            "%(asctime)s - ACME - %(levelname)s - %(message)s"))
+        file_handler.setLevel(file_level)
         handlers.append(file_handler)
     old_level = log.level
-    level = level_for(verbose)
-    log.setLevel(min(level, logging.INFO) if logfile else level)
+    log.setLevel(min(console_level, file_level) if logfile else console_level)
     for handler in handlers:
-        if handler is not handlers[-1] or not logfile:
-            handler.setLevel(level)
         log.addHandler(handler)
     try:
         yield

@@ -12,7 +12,7 @@ from .container import build_container, create_single_file, finish_single_file
 from .dryrun import ask_to_continue, dry_run
 from .errors import CallFailure, ParallelMapError, failure_report
 from .layout import OutputLayout, default_output_dir, file_stem
-from .logs import run_logging
+from .logs import FILE_ONLY, run_logging
 from .sinks import (InMemorySink, PayloadSink, PickleSink, SingleFileSink, Stored,
                     stack_in_memory)
 from .tasks import WorkerContext
@@ -70,7 +70,8 @@ def _log_parameters(pmap, backend, layout: Optional[OutputLayout]) -> None:
         "single_file", "write_pickle", "partition", "n_workers", "mem_per_worker",
         "setup_timeout", "setup_interactive", "stop_client", "verbose", "dryrun",
         "logfile", "backend_name", "timeout")}
-    log.info("parameters: %s", ", ".join(f"{k}={v!r}" for k, v in params.items()))
+    log.info("parameters: %s", ", ".join(f"{k}={v!r}" for k, v in params.items()),
+             extra=FILE_ONLY)
 
 
 def _make_sink(pmap, layout: Optional[OutputLayout]):
@@ -126,9 +127,11 @@ def execute(pmap, backend) -> Any:
         values: list = [None] * pmap.n_inputs
         stored: dict[int, Stored] = {}
         errors: dict[int, CallFailure] = {}
+        longest = (0.0, -1)
         try:
             for outcome in backend.run(context, tasks, timeout=pmap.timeout):
                 first_at = first_at or time.perf_counter() - start
+                longest = max(longest, (outcome.duration, outcome.index))
                 if outcome.ok:
                     if isinstance(outcome.value, Stored):
                         stored[outcome.index] = outcome.value
@@ -138,9 +141,11 @@ def execute(pmap, backend) -> Any:
                 else:
                     failure = outcome.failure
                     errors[outcome.index] = failure
-                    log.error("call %d of %s failed on %s after %.3f s: %s\n%s",
+                    log.error("call %d of %s failed on %s after %.3f s: %s",
                               outcome.index, func_name, failure.where, failure.duration,
-                              failure.summary, failure.traceback_text.rstrip())
+                              failure.summary)
+                    log.error("traceback of call %d:\n%s", outcome.index,
+                              failure.traceback_text.rstrip(), extra=FILE_ONLY)
         finally:
             elapsed = time.perf_counter() - start
             pmap.stats = dict(backend.stats, seconds=elapsed,
@@ -150,6 +155,8 @@ def execute(pmap, backend) -> Any:
         log.info("%d of %d calls of %s done in %.2f s (%d failed)%s",
                  pmap.n_inputs - len(errors), pmap.n_inputs, func_name, elapsed,
                  len(errors), f"; results in {layout.output_dir}" if layout else "")
+        log.info("first result after %.3f s; longest call %d took %.3f s",
+                 first_at or 0.0, longest[1], longest[0])
         if pmap.results_container:
             log.info("results container: %s", pmap.results_container)
     if errors:
