@@ -8,13 +8,12 @@ import time
 import warnings
 from typing import Any, Optional
 
-from .container import build_container, create_single_file, finish_single_file
+from .container import build_container, finish_single_file
 from .dryrun import ask_to_continue, dry_run
 from .errors import CallFailure, ParallelMapError, failure_report
 from .layout import OutputLayout, default_output_dir, file_stem
 from .logs import FILE_ONLY, run_logging
-from .sinks import (InMemorySink, PayloadSink, PickleSink, SingleFileSink, Stored,
-                    stack_in_memory)
+from .sinks import InMemorySink, PayloadSink, PickleSink, Stored, stack_in_memory
 from .tasks import WorkerContext
 
 log = logging.getLogger("acme")
@@ -74,14 +73,15 @@ def _log_parameters(pmap, backend, layout: Optional[OutputLayout]) -> None:
              extra=FILE_ONLY)
 
 
-def _make_sink(pmap, layout: Optional[OutputLayout]):
+def _make_sink(pmap, backend, layout: Optional[OutputLayout]):
+    """The sink the workers use, and whether result_0 is written into the single file
+    directly (rather than merged from part files at the end)."""
     if layout is None:
         return InMemorySink(pmap.result_spec), False
     if pmap.write_pickle:
         return PickleSink(layout), False
     if pmap.single_file:
-        offset = create_single_file(layout, pmap.n_inputs, pmap.result_spec)
-        return SingleFileSink(layout, pmap.result_spec, offset, pmap.n_inputs), offset is not None
+        return backend.single_file_sink(layout, pmap.result_spec, pmap.n_inputs)
     return PayloadSink(layout, pmap.result_spec), False
 
 
@@ -113,7 +113,7 @@ def execute(pmap, backend) -> Any:
     logfile = _logfile_path(pmap, layout)
     with run_logging(pmap.verbose, logfile):
         _log_parameters(pmap, backend, layout)
-        sink, raw_rows = _make_sink(pmap, layout)
+        sink, raw_rows = _make_sink(pmap, backend, layout)
         context = WorkerContext(pmap._plan, sink)
         tasks = [(i, *pmap._plan.varying_values(i)) for i in range(pmap.n_inputs)]
         if pmap.dryrun:

@@ -194,15 +194,21 @@ class SingleFileSink:
             write_pickle_atomic(path, value)
             return Stored(path, pickled=True)
         shape = arrays[0].shape
-        if self.raw_offset is not None:
-            self._write_rows(index, arrays[0])
-            arrays = arrays[1:]
-            first_key = 1
-        else:
-            first_key = 0
+        first_key = 0
+        if self.writes_result_0:
+            self._write_result_0(index, arrays[0])
+            arrays, first_key = arrays[1:], 1
         if arrays:
             write_h5_atomic(self.layout.part(index), arrays, first_key=first_key)
         return Stored(self.layout.container, shape=shape)
+
+    @property
+    def writes_result_0(self) -> bool:
+        """Whether result_0 goes straight into the file (else via part files)."""
+        return self.raw_offset is not None
+
+    def _write_result_0(self, index: int, arr: np.ndarray) -> None:
+        self._write_rows(index, arr)
 
     def _write_rows(self, index: int, arr: np.ndarray) -> None:
         spec = self.spec

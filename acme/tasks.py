@@ -97,17 +97,20 @@ class WorkerContext:
 HOST = socket.gethostname()
 
 
-def dumps(obj: Any, what: str) -> bytes:
+def dumps(obj: Any, what: str, by_value: bool = False) -> bytes:
     """Pickle ``obj`` for another process; by value (cloudpickle) where pickle cannot.
 
     Functions from a script or module travel by reference (the worker imports them);
     lambdas, closures and functions typed at a prompt travel by value when cloudpickle
-    is installed.
+    is installed. ``by_value=True`` uses cloudpickle directly (needed when the workers
+    cannot import the script that defines the function).
     """
-    try:
-        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception as exc:
-        first_error = exc
+    first_error: Exception = RuntimeError("the workers cannot import the function's script")
+    if not by_value:
+        try:
+            return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            first_error = exc
     try:
         import cloudpickle
     except ImportError:

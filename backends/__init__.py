@@ -24,6 +24,7 @@ ENTRY_POINT_GROUP = "acme.backends"
 _REGISTRY: dict[str, Union[type, str]] = {
     "sequential": "acme.backends.sequential:SequentialBackend",
     "local": "acme.backends.local:LocalBackend",
+    "mpi": "acme.backends.mpi:MPIBackend",
 }
 _entry_points_loaded = False
 

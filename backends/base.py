@@ -8,7 +8,40 @@ from acme.tasks import CallOutcome, CallTask, WorkerContext
 
 log = logging.getLogger("acme")
 
-__all__ = ["Backend"]
+__all__ = ["Backend", "BatchSizer"]
+
+#: Aim for batches that keep a worker busy about this long (seconds).
+BATCH_SECONDS = 0.05
+
+
+class BatchSizer:
+    """How many calls to send in one message, from the measured call durations.
+
+    Short calls travel many per message (so messaging does not dominate), long ones
+    one by one; no batch is larger than a fair share of what remains, so batches
+    shrink towards the end and the workers finish together. The first batches hold
+    one call each, to measure.
+    """
+
+    def __init__(self, n_workers: int, one_at_a_time: bool = False,
+                 target_seconds: float = BATCH_SECONDS):
+        self.n_workers = max(1, n_workers)
+        self.one_at_a_time = one_at_a_time
+        self.target_seconds = target_seconds
+        self.total = 0.0
+        self.count = 0
+
+    def record(self, duration: float) -> None:
+        self.total += duration
+        self.count += 1
+
+    def next_size(self, remaining: int) -> int:
+        if self.one_at_a_time or self.count == 0:
+            return 1
+        fair_share = max(1, remaining // (2 * self.n_workers))
+        per_call = self.total / self.count
+        by_time = max(1, int(self.target_seconds / max(per_call, 1e-6)))
+        return min(fair_share, by_time)
 
 
 class Backend:
@@ -52,6 +85,17 @@ class Backend:
     def run(self, context: WorkerContext, tasks: list[CallTask],
             timeout: Optional[float] = None) -> Iterator[CallOutcome]:
         raise NotImplementedError
+
+    def single_file_sink(self, layout, spec, n_calls: int):
+        """The sink for ``single_file=True``; returns ``(sink, result_0_in_file)``.
+
+        The default creates the file here and lets workers on this machine (or a
+        shared file system) write result_0 rows at their byte offsets.
+        """
+        from acme.container import create_single_file
+        from acme.sinks import SingleFileSink
+        offset = create_single_file(layout, n_calls, spec)
+        return SingleFileSink(layout, spec, offset, n_calls), offset is not None
 
     def close(self) -> None:
         """Release workers; called when the ParallelMap context ends."""

@@ -32,15 +32,11 @@ from typing import Iterator, Optional
 from acme.errors import CallFailure, CallTimeout, WorkerDied
 from acme.tasks import HOST, CallOutcome, CallTask, WorkerContext, dumps, loads
 
-from .base import Backend
+from .base import Backend, BatchSizer
 
 log = logging.getLogger("acme")
 
 __all__ = ["LocalBackend"]
-
-#: Aim for batches that keep a worker busy about this long (seconds).
-BATCH_SECONDS = 0.05
-
 
 def usable_cores() -> int:
     """Cores this process may run on (respects taskset/cgroup CPU affinity)."""
@@ -183,7 +179,7 @@ class LocalBackend(Backend):
         pending = deque(tasks)
         singles: deque = deque()  # calls of a batch whose worker died: rerun alone
         workers: list[_Worker] = []
-        durations = [0.0, 0]  # sum, count: mean call time for batch sizing
+        sizer = BatchSizer(n_workers, one_at_a_time=timeout is not None)
 
         def start_worker() -> _Worker:
             worker = _Worker(mp, payload, self.stats["workers_started"])
@@ -193,20 +189,11 @@ class LocalBackend(Backend):
             workers.append(worker)
             return worker
 
-        def batch_size() -> int:
-            if timeout is not None or durations[1] == 0:
-                return 1
-            remaining = len(pending)
-            fair_share = max(1, remaining // (2 * n_workers))
-            per_call = durations[0] / durations[1]
-            by_time = max(1, int(BATCH_SECONDS / max(per_call, 1e-6)))
-            return min(fair_share, by_time)
-
         def dispatch(worker: _Worker) -> None:
             if singles:
                 batch = [singles.popleft()]
             else:
-                size = batch_size()
+                size = sizer.next_size(len(pending))
                 batch = [pending.popleft() for _ in range(min(size, len(pending)))]
             self.stats["bytes_to_workers"] += worker.send(batch)
             self.stats["messages_to_workers"] += 1
@@ -261,8 +248,7 @@ class LocalBackend(Backend):
                                 "arguments:\n" + data)
                         worker.batch = None
                         for outcome in data:
-                            durations[0] += outcome.duration
-                            durations[1] += 1
+                            sizer.record(outcome.duration)
                             yield outcome
                     elif worker.process.sentinel in ready:
                         yield from lost(worker, worker.death_reason(), WorkerDied)

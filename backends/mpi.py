@@ -1,0 +1,289 @@
+"""MPI master/worker scheduler: rank 0 hands out calls, ranks 1..N-1 run them.
+
+Used inside ``python -m acme.mpi_run script.py`` (see :mod:`acme.mpi_run`). Per
+``compute()``:
+
+1. rank 0 tells every worker a job starts and broadcasts the worker context (the
+   function and the arguments that are the same for every call) once;
+2. calls go out dynamically, a batch to whichever worker is free, batch sizes from
+   measured call durations (like the local backend);
+3. workers write result files themselves and send back only small notes;
+4. rank 0 waits with ``Iprobe`` and a growing sleep instead of a spinning blocking
+   receive, so it does not eat a core that a worker could use.
+
+With ``single_file=True``, a fixed ``result_shape`` and h5py built against parallel
+HDF5, every rank opens the result file collectively (driver ``mpio``), creates
+``result_0`` collectively, and each worker writes its calls' rows independently.
+"""
+from __future__ import annotations
+
+import logging
+import pickle
+import signal
+import time
+import traceback
+from collections import deque
+from typing import Iterator, Optional
+
+from acme.errors import CallTimeout
+from acme.sinks import SingleFileSink
+from acme.tasks import CallOutcome, CallTask, WorkerContext, dumps, loads
+
+from .base import Backend, BatchSizer
+
+log = logging.getLogger("acme")
+
+__all__ = ["MPIBackend", "MPIPool", "serve", "ParallelSingleFileSink"]
+
+TAG_TO_WORKER = 11
+TAG_TO_MASTER = 12
+
+
+def _receive(comm, source: int, tag: int, max_delay: float):
+    """Receive the next message without spinning: probe, then sleep a little longer
+    each time (10 µs up to ``max_delay``)."""
+    from mpi4py import MPI
+    status = MPI.Status()
+    delay = 1e-5
+    while not comm.Iprobe(source=source, tag=tag, status=status):
+        time.sleep(delay)
+        delay = min(delay * 2, max_delay)
+    return comm.recv(source=status.Get_source(), tag=tag), status.Get_source()
+
+
+def _run_with_alarm(context: WorkerContext, task: CallTask,
+                    timeout: Optional[float]) -> CallOutcome:
+    """Run one call; with ``timeout``, SIGALRM interrupts a call that runs too long
+    (Python code only: a call stuck inside C code is stopped when it returns)."""
+    if timeout is None:
+        return context.run(task)
+
+    def on_alarm(signum, frame):
+        raise CallTimeout(f"call {task[0]} timed out after {timeout:g} s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        return context.run(task)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _sendable(outcomes: list) -> bytes:
+    try:
+        return pickle.dumps(("outcomes", outcomes), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        from .local import _sendable as check_one
+        return pickle.dumps(("outcomes", [check_one(o) for o in outcomes]),
+                            protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def serve(comm, script_loaded: bool = True) -> None:
+    """Body of a worker rank: serve jobs until rank 0 says stop."""
+    while True:
+        message, _ = _receive(comm, 0, TAG_TO_WORKER, max_delay=0.05)
+        if message[0] == "stop":
+            return
+        timeout = message[1]
+        payload = comm.bcast(None, root=0)
+        context, error = None, None
+        try:
+            context = loads(payload)
+            context.rank = comm.rank
+        except BaseException as exc:  # noqa: BLE001 - reported to rank 0
+            error = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        comm.gather(error, root=0)
+        if not comm.bcast(None, root=0):
+            continue
+        sink = context.sink
+        if hasattr(sink, "collective_open"):
+            sink.collective_open(comm)
+        while True:
+            message, _ = _receive(comm, 0, TAG_TO_WORKER, max_delay=0.002)
+            if message[0] == "end":
+                break
+            tasks = pickle.loads(message[1])
+            outcomes = [_run_with_alarm(context, task, timeout) for task in tasks]
+            comm.send(_sendable(outcomes), dest=0, tag=TAG_TO_MASTER)
+        if hasattr(sink, "collective_close"):
+            sink.collective_close()
+
+
+class MPIPool:
+    """Rank 0's handle on the worker ranks of an ``acme.mpi_run`` job."""
+
+    def __init__(self, comm, script_loaded: bool = True):
+        self.comm = comm
+        self.script_loaded = script_loaded
+        self.workers = list(range(1, comm.size))
+        self.closed = False
+
+    def shutdown(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for rank in self.workers:
+            self.comm.send(("stop",), dest=rank, tag=TAG_TO_WORKER)
+
+
+def _active_pool() -> Optional[MPIPool]:
+    import sys
+    runner = sys.modules.get("acme.mpi_run")
+    return runner.active_pool() if runner is not None else None
+
+
+class MPIBackend(Backend):
+    """Calls run on the worker ranks of ``python -m acme.mpi_run`` (rank 0 schedules).
+
+    ``n_workers="auto"`` uses every worker rank; a smaller number leaves the rest idle.
+    """
+
+    name = "mpi"
+
+    @classmethod
+    def is_available(cls) -> bool:
+        return _active_pool() is not None
+
+    @classmethod
+    def default_workers(cls) -> int:
+        pool = _active_pool()
+        return max(1, len(pool.workers)) if pool is not None else 1
+
+    def _pool(self) -> MPIPool:
+        pool = _active_pool()
+        if pool is None:
+            raise RuntimeError(
+                "backend='mpi' runs only inside an MPI job started with "
+                "`mpiexec -n N python -m acme.mpi_run script.py` (or srun); this "
+                "process is not rank 0 of such a job")
+        return pool
+
+    def describe(self) -> str:
+        pool = _active_pool()
+        ranks = len(pool.workers) if pool else 0
+        return f"mpi backend with {min(self.n_workers, ranks) if ranks else 0} worker rank(s)"
+
+    def single_file_sink(self, layout, spec, n_calls: int):
+        import h5py
+        pool = self._pool()
+        if spec is None or spec.has_inf or not pool.workers:
+            return super().single_file_sink(layout, spec, n_calls)
+        if not h5py.get_config().mpi:
+            log.warning("h5py was built without MPI support: the single result file is "
+                        "written through the serial path (workers write raw rows at "
+                        "their offsets). Build h5py against parallel HDF5 for the "
+                        "collective path.")
+            return super().single_file_sink(layout, spec, n_calls)
+        import os
+        os.makedirs(layout.parts_dir, exist_ok=True)
+        return ParallelSingleFileSink(layout, spec, n_calls), True
+
+    def run(self, context: WorkerContext, tasks: list[CallTask],
+            timeout: Optional[float] = None) -> Iterator[CallOutcome]:
+        pool = self._pool()
+        comm = pool.comm
+        workers = pool.workers[:max(1, self.n_workers)]
+        self.stats = {"bytes_to_workers": 0, "messages_to_workers": 0,
+                      "worker_ranks": len(workers)}
+        if not workers:
+            log.warning("no worker ranks: running %d calls on rank 0", len(tasks))
+            for task in tasks:
+                yield _run_with_alarm(context, task, timeout)
+            return
+        payload = dumps(context, "The function or one of its constant arguments",
+                        by_value=not pool.script_loaded)
+        for rank in pool.workers:  # the broadcast below is collective: every rank joins
+            comm.send(("job", timeout), dest=rank, tag=TAG_TO_WORKER)
+        comm.bcast(payload, root=0)
+        self.stats["bytes_to_workers"] += len(payload) * len(pool.workers)
+        self.stats["messages_to_workers"] += len(pool.workers)
+        errors = comm.gather(None, root=0)[1:]
+        failed = [(rank, text) for rank, text in enumerate(errors, start=1) if text]
+        comm.bcast(not failed, root=0)
+        if failed:
+            rank, text = failed[0]
+            raise RuntimeError(f"worker rank {rank} could not load the function and its "
+                               f"arguments:\n{text}")
+        sink = context.sink
+        if hasattr(sink, "collective_open"):
+            sink.collective_open(comm)
+
+        pending = deque(tasks)
+        idle = deque(workers)
+        in_flight: dict[int, list] = {}
+        sizer = BatchSizer(len(workers), one_at_a_time=timeout is not None)
+        try:
+            while pending or in_flight:
+                while idle and pending:
+                    rank = idle.popleft()
+                    size = sizer.next_size(len(pending))
+                    batch = [pending.popleft() for _ in range(min(size, len(pending)))]
+                    data = pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
+                    comm.send(("tasks", data), dest=rank, tag=TAG_TO_WORKER)
+                    self.stats["bytes_to_workers"] += len(data)
+                    self.stats["messages_to_workers"] += 1
+                    in_flight[rank] = batch
+                message, rank = _receive(comm, -1, TAG_TO_MASTER, max_delay=0.002)
+                in_flight.pop(rank, None)
+                idle.append(rank)
+                kind, outcomes = pickle.loads(message)
+                for outcome in outcomes:
+                    sizer.record(outcome.duration)
+                    yield outcome
+        except BaseException:
+            held = {rank: [t[0] for t in batch] for rank, batch in in_flight.items()}
+            log.error("the MPI run was interrupted: calls %s were running on worker "
+                      "ranks %s and %d calls had not started; their results are missing",
+                      sorted(i for calls in held.values() for i in calls),
+                      sorted(held), len(pending))
+            raise
+        for rank in pool.workers:
+            comm.send(("end",), dest=rank, tag=TAG_TO_WORKER)
+        if hasattr(sink, "collective_close"):
+            sink.collective_close()
+
+
+class ParallelSingleFileSink(SingleFileSink):
+    """``single_file=True`` on parallel HDF5: one file opened by every rank.
+
+    Opening the file and creating ``result_0`` are collective (every rank, the same
+    calls); each worker writes its calls' rows independently. Values beyond
+    ``result_0`` go to per-call part files that rank 0 merges at the end.
+    """
+
+    def __init__(self, layout, spec, n_calls: int):
+        super().__init__(layout, spec, None, n_calls)
+        self._file = None
+        self._dset = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_file"] = state["_dset"] = None
+        return state
+
+    @property
+    def writes_result_0(self) -> bool:
+        return True
+
+    def collective_open(self, comm) -> None:
+        import h5py
+        import numpy as np
+        from acme.container import ATTR_AXIS, ATTR_CALLS
+        spec = self.spec
+        self._file = h5py.File(self.layout.container, "w", driver="mpio", comm=comm)
+        self._file.attrs[ATTR_CALLS] = self.n_calls  # metadata: written by every rank
+        fill = np.nan if spec.dtype.kind in "fc" else 0
+        self._dset = self._file.create_dataset(
+            "result_0", shape=spec.full_shape(self.n_calls), dtype=spec.dtype,
+            fillvalue=fill)
+        self._dset.attrs[ATTR_AXIS] = spec.stack_axis
+
+    def collective_close(self) -> None:
+        self._file.close()
+        self._file = self._dset = None
+
+    def _write_result_0(self, index: int, arr) -> None:
+        sel = [slice(None)] * len(self._dset.shape)
+        sel[self.spec.stack_axis] = index
+        self._dset[tuple(sel)] = arr

@@ -1,0 +1,450 @@
+"""Results on disk (issue 3, DESIGN.md section 3): esi-acme's file layout, read back
+with plain h5py/pickle and compared with values computed here.
+
+Every run passes ``output_dir`` or chdirs itself (``monkeypatch.chdir``), so nothing
+depends on the suite's autouse fixture.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+import acme
+from acme import ParallelMap, ParallelMapError
+
+from disk_helpers import (ACME_DIR_RE, acme_dirs, assert_no_tmp, decoded, dirs_under,
+                          files_under, log_re, logs_in, read_root)
+
+BACKENDS = ["sequential", "local"]
+pytestmark = pytest.mark.timeout(60)
+
+
+def run(func, *args, backend="sequential", **kwargs):
+    """``compute()`` of a ParallelMap; returns (results, pmap)."""
+    kwargs.setdefault("n_workers", 2 if backend == "local" else "auto")
+    with ParallelMap(func, *args, backend=backend, **kwargs) as pmap:
+        results = pmap.compute()
+    return results, pmap
+
+
+# Functions at module level: they reach local worker processes by reference.
+def f(x):
+    """Three return values: an array, a string and a scalar."""
+    return np.arange(5) * x, f"call {x}", x / 2
+
+
+def expected_f(x):
+    return np.arange(5) * x, f"call {x}", x / 2
+
+
+def one_int(x):
+    return 3 * x
+
+
+def one_str(x):
+    return f"Grüße {x}"
+
+
+def row(x, width=100, dtype="int64"):
+    """A row of ``width`` values unique to ``x``, and a second value."""
+    return np.arange(width, dtype=dtype) + 1000 * x, np.array([x, -x])
+
+
+def expected_row(x, width=100):
+    return np.arange(width) + 1000 * x
+
+
+def row_pid(x):
+    """A row, and the id of the process that wrote it."""
+    return np.arange(50, dtype=float) + 1000 * x, os.getpid()
+
+
+def ragged(n):
+    return np.arange(1, n + 1, dtype=float) * 10
+
+
+def sized(n):
+    """``n`` values: calls with the wrong ``n`` do not fit result_shape."""
+    return np.full(n, float(n))
+
+
+def maybe_dict(x):
+    """Some return values HDF5 cannot hold: a dict, None."""
+    if x % 3 == 0:
+        return {"x": x, "twice": [x, x]}
+    if x == 4:
+        return None
+    return np.arange(3) * x
+
+
+def bad_string(x):
+    """Call 2's second value cannot be encoded (lone surrogate): its HDF5 write fails."""
+    return np.arange(3) * x, ("bad \udcff" if x == 2 else "fine")
+
+
+def smooth(x):
+    """A name ending in 'h' (esi-acme's rstrip('.h5') mangled such names)."""
+    return x + 0.5
+
+
+def payload_names(stem, n, ext="h5"):
+    return {f"{stem}_payload/{stem}_{i}.{ext}" for i in range(n)}
+
+
+# ------------------------------------------------------------------ default mode
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_default_layout_names_links_and_values(tmp_path, monkeypatch, backend):
+    monkeypatch.chdir(tmp_path)
+    xs = [7, 3, 11, 0]
+    before = datetime.datetime.now().replace(microsecond=0)
+    results, pmap = run(f, xs, backend=backend)
+    after = datetime.datetime.now()
+
+    # one ACME_<time> folder in the cwd, named after its creation time
+    folders = list(tmp_path.iterdir())
+    assert len(folders) == 1 and ACME_DIR_RE.match(folders[0].name), folders
+    out = folders[0]
+    stamp = datetime.datetime.strptime(ACME_DIR_RE.match(out.name).group(1),
+                                       "%Y%m%d-%H%M%S-%f")
+    assert before <= stamp <= after
+
+    files = files_under(out)
+    logs = [p for p in files if "/" not in p and p.endswith(".log")]
+    assert len(logs) == 1 and log_re("f").match(logs[0]), files
+    assert files == {"f.h5", logs[0]} | payload_names("f", 4)
+
+    # compute() returns the payloads in input order; results_container the container
+    assert results == [str(out / "f_payload" / f"f_{i}.h5") for i in range(4)]
+    assert pmap.results_container == str(out / "f.h5")
+
+    with h5py.File(out / "f.h5", "r") as h5f:
+        assert set(h5f) == {f"comp_{i}" for i in range(4)}
+        for i, x in enumerate(xs):
+            link = h5f.get(f"comp_{i}", getlink=True)
+            assert isinstance(link, h5py.ExternalLink)
+            assert link.filename == f"f_payload/f_{i}.h5"  # relative
+            assert link.path == "/"
+            arr, text, half = expected_f(x)
+            # through the link
+            np.testing.assert_array_equal(h5f[f"comp_{i}/result_0"][()], arr)
+            assert h5f[f"comp_{i}/result_1"].asstr()[()].tolist() == [text]
+    for i, x in enumerate(xs):
+        arr, text, half = expected_f(x)
+        values = read_root(out / "f_payload" / f"f_{i}.h5")
+        assert set(values) == {"result_0", "result_1", "result_2"}
+        np.testing.assert_array_equal(values["result_0"], arr)
+        assert values["result_1"].shape == (1,) and decoded(values["result_1"]) == [text]
+        assert values["result_2"].shape == (1,) and values["result_2"][0] == half
+    assert_no_tmp(out)
+
+
+@pytest.mark.parametrize("func, expected, check", [
+    (one_int, lambda x: 3 * x, lambda v, e: v.dtype.kind == "i" and v[0] == e),
+    (one_str, lambda x: f"Grüße {x}", lambda v, e: decoded(v) == [e]),
+])
+def test_single_return_value_is_result_0_of_shape_1(tmp_path, func, expected, check):
+    out = tmp_path / "out"
+    results, _ = run(func, [1, 2, 3], output_dir=out)
+    for i, x in enumerate([1, 2, 3]):
+        values = read_root(results[i])
+        assert list(values) == ["result_0"]
+        assert values["result_0"].shape == (1,)
+        assert check(values["result_0"], expected(x)), values["result_0"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_file_names_for_indices_5_15_150(tmp_path, backend):
+    out = tmp_path / "out"
+    n = 151
+    results, pmap = run(f, list(range(n)), backend=backend, output_dir=out)
+    files = files_under(out)
+    assert {p for p in files if p.startswith("f_payload/")} == payload_names("f", n)
+    assert results == [str(out / "f_payload" / f"f_{i}.h5") for i in range(n)]
+    for i in (5, 15, 150):
+        np.testing.assert_array_equal(
+            read_root(out / "f_payload" / f"f_{i}.h5")["result_0"], np.arange(5) * i)
+    with h5py.File(out / "f.h5", "r") as h5f:
+        assert len(h5f) == n
+        for i in (5, 15, 150):
+            assert h5f.get(f"comp_{i}", getlink=True).filename == f"f_payload/f_{i}.h5"
+            np.testing.assert_array_equal(h5f[f"comp_{i}/result_0"][()], np.arange(5) * i)
+
+
+# --------------------------------------------------------------- result_shape
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", ["float32", "int64"])
+@pytest.mark.parametrize("shape", [(None, 100), (100, None)])
+def test_virtual_result_0(tmp_path, backend, dtype, shape):
+    out = tmp_path / "out"
+    xs = [4, 1, 3, 0, 2]
+    n = len(xs)
+    results, pmap = run(row, xs, backend=backend, output_dir=out,
+                        result_shape=shape, result_dtype=dtype)
+    assert pmap.results_container == str(out / "row.h5")
+    with h5py.File(out / "row.h5", "r") as h5f:
+        dset = h5f["result_0"]
+        assert dset.is_virtual
+        assert dset.shape == ((n, 100) if shape[0] is None else (100, n))
+        assert dset.dtype == np.dtype(dtype)
+        assert sorted(s.file_name for s in dset.virtual_sources()) == \
+            sorted(f"row_payload/row_{i}.h5" for i in range(n))  # relative sources
+        data = dset[()]
+        for i, x in enumerate(xs):
+            got = data[i] if shape[0] is None else data[:, i]
+            np.testing.assert_array_equal(got, expected_row(x).astype(dtype))
+            # further values stay reachable through the links
+            np.testing.assert_array_equal(h5f[f"comp_{i}/result_1"][()], [x, -x])
+            assert isinstance(h5f.get(f"comp_{i}", getlink=True), h5py.ExternalLink)
+    assert_no_tmp(out)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(None, np.inf), (np.inf, None)])
+def test_inf_axis_takes_the_longest_call_and_pads_with_nan(tmp_path, backend, shape):
+    out = tmp_path / "out"
+    lengths = [3, 7, 5, 1]
+    run(ragged, lengths, backend=backend, output_dir=out, result_shape=shape)
+    with h5py.File(out / "ragged.h5", "r") as h5f:
+        dset = h5f["result_0"]
+        assert dset.is_virtual
+        data = dset[()] if shape[0] is None else dset[()].T
+    assert data.shape == (4, 7)
+    for i, n in enumerate(lengths):
+        np.testing.assert_array_equal(data[i, :n], ragged(n))
+        assert np.isnan(data[i, n:]).all(), data[i]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_shape_mismatch_fails_that_call_only(tmp_path, backend):
+    out = tmp_path / "out"
+    sizes = [100, 100, 50, 100]
+    with ParallelMap(sized, sizes, backend=backend, output_dir=out,
+                     result_shape=(None, 100), n_workers=2) as pmap:
+        with pytest.raises(ParallelMapError) as info:
+            pmap.compute()
+    err = info.value
+    assert err.failed == [2]
+    assert "(50,)" in str(err) and "(100,)" in str(err), str(err)
+    cause = err.__cause__
+    assert isinstance(cause, acme.ResultShapeError)
+    assert "(50,)" in str(cause) and "(100,)" in str(cause)
+
+    # the other calls' files exist; the failed call left none
+    files = files_under(out)
+    assert {p for p in files if p.startswith("sized_payload/")} == \
+        {f"sized_payload/sized_{i}.h5" for i in (0, 1, 3)}
+    assert_no_tmp(out)
+    # the container is valid: no link for call 2, its rows read as NaN fill
+    assert pmap.results_container == str(out / "sized.h5")
+    with h5py.File(out / "sized.h5", "r") as h5f:
+        assert set(h5f) == {"comp_0", "comp_1", "comp_3", "result_0"}
+        data = h5f["result_0"][()]
+    assert data.shape == (4, 100)
+    assert np.isnan(data[2]).all()
+    for i in (0, 1, 3):
+        np.testing.assert_array_equal(data[i], np.full(100, 100.0))
+
+
+def test_moved_folder_still_reads_from_another_cwd(tmp_path, monkeypatch):
+    out = tmp_path / "run" / "out"
+    xs = [5, 6, 7]
+    run(row, xs, output_dir=out, result_shape=(None, 10), width=10)
+    moved = tmp_path / "elsewhere" / "moved"
+    moved.parent.mkdir()
+    shutil.move(str(out), str(moved))
+    shutil.rmtree(tmp_path / "run")
+    other = tmp_path / "unrelated"
+    other.mkdir()
+    monkeypatch.chdir(other)
+    with h5py.File(moved / "row.h5", "r") as h5f:
+        data = h5f["result_0"][()]
+        for i, x in enumerate(xs):
+            np.testing.assert_array_equal(data[i], expected_row(x, 10))
+            np.testing.assert_array_equal(h5f[f"comp_{i}/result_0"][()], expected_row(x, 10))
+            np.testing.assert_array_equal(h5f[f"comp_{i}/result_1"][()], [x, -x])
+
+
+# ------------------------------------------------------------------ single file
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_single_file_with_result_shape_is_one_real_dataset(tmp_path, backend):
+    out = tmp_path / "out"
+    xs = [2, 0, 5, 1, 3, 4]
+    results, pmap = run(row, xs, backend=backend, output_dir=out, single_file=True,
+                        result_shape=(None, 20), width=20)
+    container = str(out / "row.h5")
+    assert results == [container] and pmap.results_container == container
+    files = files_under(out)
+    assert {p for p in files if not p.endswith(".log")} == {"row.h5"}, files
+    assert dirs_under(out) == set()  # no payload folder, no leftover part folder
+    with h5py.File(container, "r") as h5f:
+        dset = h5f["result_0"]
+        assert not dset.is_virtual
+        assert dset.shape == (6, 20) and dset.dtype == np.float64
+        for i, x in enumerate(xs):
+            np.testing.assert_array_equal(dset[i], expected_row(x, 20))
+            assert isinstance(h5f.get(f"comp_{i}", getlink=True), h5py.HardLink)
+            np.testing.assert_array_equal(h5f[f"comp_{i}/result_1"][()], [x, -x])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_single_file_without_result_shape_has_groups(tmp_path, backend):
+    out = tmp_path / "out"
+    xs = [3, 9, 1]
+    results, pmap = run(f, xs, backend=backend, output_dir=out, single_file=True)
+    assert results == [str(out / "f.h5")]
+    assert {p for p in files_under(out) if not p.endswith(".log")} == {"f.h5"}
+    assert dirs_under(out) == set()
+    with h5py.File(out / "f.h5", "r") as h5f:
+        assert set(h5f) == {f"comp_{i}" for i in range(3)}
+        for i, x in enumerate(xs):
+            arr, text, half = expected_f(x)
+            group = h5f[f"comp_{i}"]
+            assert isinstance(h5f.get(f"comp_{i}", getlink=True), h5py.HardLink)
+            assert set(group) == {"result_0", "result_1", "result_2"}
+            np.testing.assert_array_equal(group["result_0"][()], arr)
+            assert group["result_1"].asstr()[()].tolist() == [text]
+            assert group["result_2"].shape == (1,) and group["result_2"][0] == half
+
+
+def test_single_file_inf_axis_is_real_and_padded(tmp_path):
+    out = tmp_path / "out"
+    lengths = [2, 6, 4]
+    run(ragged, lengths, backend="local", output_dir=out, single_file=True,
+        result_shape=(None, np.inf))
+    assert {p for p in files_under(out) if not p.endswith(".log")} == {"ragged.h5"}
+    assert dirs_under(out) == set()
+    with h5py.File(out / "ragged.h5", "r") as h5f:
+        assert not h5f["result_0"].is_virtual
+        data = h5f["result_0"][()]
+    assert data.shape == (3, 6)
+    for i, n in enumerate(lengths):
+        np.testing.assert_array_equal(data[i, :n], ragged(n))
+        assert np.isnan(data[i, n:]).all()
+
+
+def test_single_file_concurrent_writers_every_row_right(tmp_path):
+    out = tmp_path / "out"
+    n = 500
+    results, _ = run(row_pid, list(range(n)), backend="local", n_workers=2,
+                     output_dir=out, single_file=True, result_shape=(None, 50))
+    expected = np.arange(50)[None, :] + 1000 * np.arange(n)[:, None]
+    with h5py.File(results[0], "r") as h5f:
+        np.testing.assert_array_equal(h5f["result_0"][()], expected)
+        assert len([k for k in h5f if k.startswith("comp_")]) == n
+        writers = {int(h5f[f"comp_{i}/result_1"][0]) for i in range(n)}
+    assert len(writers) == 2 and os.getpid() not in writers  # both workers wrote
+    assert dirs_under(out) == set()
+
+
+# ------------------------------------------------------------------ pickle
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_write_pickle_one_file_per_call_no_container(tmp_path, backend):
+    out = tmp_path / "out"
+    xs = [4, 8, 1]
+    results, pmap = run(f, xs, backend=backend, output_dir=out, write_pickle=True)
+    files = files_under(out)
+    assert {p for p in files if not p.endswith(".log")} == {f"f_{i}.pickle" for i in range(3)}
+    assert pmap.results_container is None
+    assert results == [str(out / f"f_{i}.pickle") for i in range(3)]
+    for i, x in enumerate(xs):
+        with open(out / f"f_{i}.pickle", "rb") as fh:
+            value = pickle.load(fh)
+        arr, text, half = expected_f(x)
+        assert isinstance(value, tuple) and len(value) == 3
+        np.testing.assert_array_equal(value[0], arr)
+        assert value[1:] == (text, half)
+    assert_no_tmp(out)
+
+
+@pytest.mark.parametrize("func", [f, smooth])
+def test_write_pickle_names_for_indices_5_15_150(tmp_path, func):
+    out = tmp_path / "out"
+    n = 151
+    results, _ = run(func, list(range(n)), output_dir=out, write_pickle=True)
+    stem = func.__name__
+    assert {p for p in files_under(out) if not p.endswith(".log")} == \
+        {f"{stem}_{i}.pickle" for i in range(n)}
+    for i in (5, 15, 150):
+        assert results[i] == str(out / f"{stem}_{i}.pickle")
+        with open(results[i], "rb") as fh:
+            value = pickle.load(fh)
+        if func is smooth:
+            assert value == i + 0.5
+        else:
+            np.testing.assert_array_equal(value[0], np.arange(5) * i)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unstorable_values_fall_back_to_pickle(tmp_path, backend):
+    out = tmp_path / "out"
+    xs = list(range(6))  # 0, 3: dict; 4: None; 1, 2, 5: arrays
+    with pytest.warns(UserWarning, match="pickle"):
+        results, pmap = run(maybe_dict, xs, backend=backend, output_dir=out)
+    pickled = {0, 3, 4}
+    files = files_under(out)
+    assert {p for p in files if p.startswith("maybe_dict_payload/")} == \
+        {f"maybe_dict_payload/maybe_dict_{i}.pickle" for i in pickled} | \
+        {f"maybe_dict_payload/maybe_dict_{i}.h5" for i in set(xs) - pickled}
+    for i in xs:
+        ext = "pickle" if i in pickled else "h5"
+        assert results[i] == str(out / "maybe_dict_payload" / f"maybe_dict_{i}.{ext}")
+        if i in pickled:
+            with open(results[i], "rb") as fh:
+                assert pickle.load(fh) == maybe_dict(i)
+    with h5py.File(pmap.results_container, "r") as h5f:
+        assert set(h5f) == {"comp_1", "comp_2", "comp_5"}
+        for i in (1, 2, 5):
+            np.testing.assert_array_equal(h5f[f"comp_{i}/result_0"][()], np.arange(3) * i)
+    assert_no_tmp(out)
+
+
+# ------------------------------------------------------------------ output_dir
+def test_output_dir_is_created_nested(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "a" / "b" / "c"
+    results, pmap = run(one_int, [1, 2], output_dir=str(out))
+    assert out.is_dir()
+    assert pmap.results_container == str(out / "one_int.h5")
+    assert payload_names("one_int", 2) <= files_under(out)
+    assert acme_dirs(tmp_path) == []  # no default folder besides
+
+
+def test_output_dir_existing_empty_is_used(tmp_path):
+    out = tmp_path / "empty"
+    out.mkdir()
+    results, _ = run(one_int, [1, 2], output_dir=out)
+    assert read_root(out / "one_int_payload" / "one_int_1.h5")["result_0"][0] == 6
+
+
+def test_output_dir_non_empty_is_refused_at_construction(tmp_path):
+    out = tmp_path / "full"
+    out.mkdir()
+    (out / "keep.txt").write_text("earlier run")
+    with pytest.raises(ValueError, match=r"resume=True"):
+        ParallelMap(one_int, [1, 2], output_dir=out, backend="sequential")
+    assert files_under(out) == {"keep.txt"}
+    assert (out / "keep.txt").read_text() == "earlier run"
+
+
+# ------------------------------------------------------------------ never half-written
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_failed_write_leaves_no_file(tmp_path, backend):
+    out = tmp_path / "out"
+    with ParallelMap(bad_string, [0, 1, 2, 3], backend=backend, output_dir=out,
+                     n_workers=2) as pmap:
+        with pytest.raises(ParallelMapError) as info:
+            pmap.compute()
+    assert info.value.failed == [2]
+    assert {p for p in files_under(out) if p.startswith("bad_string_payload/")} == \
+        {f"bad_string_payload/bad_string_{i}.h5" for i in (0, 1, 3)}
+    assert_no_tmp(out)
+    with h5py.File(out / "bad_string.h5", "r") as h5f:
+        assert set(h5f) == {"comp_0", "comp_1", "comp_3"}
+        assert h5f["comp_3/result_1"].asstr()[()].tolist() == ["fine"]
