@@ -68,7 +68,10 @@ def build_container(layout: OutputLayout, n_calls: int, spec: Optional[ResultSpe
                 for i in h5_calls:
                     source = h5py.VirtualSource(layout.payload_link(i), "result_0",
                                                 shape=shapes[i], dtype=spec.dtype)
-                    vds[_index(spec, i, shapes[i])] = source
+                    # a scalar call value is stored with shape (1,) (esi-acme's layout)
+                    place = shapes[i] if len(shapes[i]) == len(spec.call_shape) \
+                        else spec.call_shape
+                    vds[_index(spec, i, place)] = source
                 h5f.create_virtual_dataset("result_0", vds,
                                            fillvalue=_fill_value(spec.dtype))
             h5f.attrs[ATTR_CALLS] = n_calls

@@ -70,6 +70,10 @@ def load_call(path: str, index: int) -> Any:
     container = find_container(path)
     with h5py.File(container, "r") as h5f:
         name = f"comp_{index}"
+        if index in {int(i) for i in h5f.attrs.get("acme_missing_calls", [])}:
+            # a single file keeps fill values (NaN) for a failed call: not a result
+            raise MissingResultError(f"call {index} has no result in {container}",
+                                     [index])
         link = h5f.get(name, getlink=True)
         if link is None:
             if "result_0" in h5f and not h5f["result_0"].is_virtual:  # single file

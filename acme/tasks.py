@@ -83,7 +83,7 @@ class WorkerContext:
             args, kwargs = self.arguments(index, pos_values, kw_values)
             value = self.func(*args, **kwargs)
             stored = self.sink.store(index, value)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # sys.exit() in a call fails that call
             duration = time.perf_counter() - start
             failure = CallFailure.from_exception(index, exc, HOST, os.getpid(),
                                                  self.rank, duration)

@@ -9,6 +9,8 @@
 # ACME_SLURM_DIR (default /tmp/acme-slurm); the generated configuration is
 # $ACME_SLURM_DIR/slurm.conf (use it with SLURM_CONF=...). The configuration and the reasons
 # for its settings come from /work/shared/ENVIRONMENT.md ("One-node SLURM on 127.0.0.1").
+# 'start' also copies it to /etc/slurm/slurm.conf, so plain srun/sbatch/sinfo find it.
+# ACME_SLURM_START_TIMEOUT: seconds 'start' waits for the node to be idle (default 30).
 #
 # Partitions (memory is a consumable resource, CR_Core_Memory, so the per-CPU limits are
 # what the scheduler uses; nothing limits the memory a process really touches):
@@ -137,7 +139,9 @@ PartitionName=small Nodes=ALL Default=YES DefMemPerCPU=500 MaxMemPerCPU=1000 Max
 PartitionName=large Nodes=ALL DefMemPerCPU=2000 MaxMemPerCPU=4000 MaxTime=60 State=UP
 CONF
     mv "$CONF.tmp" "$CONF"
+}
 
+install_system_conf() {
     # Also install it where SLURM looks by default. SLURM_CONF only reaches processes that
     # inherit our environment; tests that start srun/sbatch with a clean or hand-built
     # environment, and acme itself submitting from a "login node" as a user would, read
@@ -167,12 +171,17 @@ ensure_munge_key() {
     chmod 0400 "$MUNGE_KEY"
 }
 
+# Whether something already listens on a TCP port of 127.0.0.1 (bash's /dev/tcp, no tools).
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+slurmctld_up() { running_pid slurmctld >/dev/null && scontrol ping; }
+
 munge_works() { munge -n -S "$MUNGE_SOCKET" | unmunge -S "$MUNGE_SOCKET"; }
 node_idle()   { [ "$(sinfo -h -n "$HOST" -o %T 2>/dev/null)" = "idle" ]; }
 
 do_start() {
     if all_running; then
         log "already running (PIDs: munged $(running_pid munged), slurmctld $(running_pid slurmctld), slurmd $(running_pid slurmd)); SLURM_CONF=$CONF"
+        install_system_conf
         sinfo
         return 0
     fi
@@ -183,6 +192,17 @@ do_start() {
     local cmd
     for cmd in munged slurmctld slurmd sinfo; do
         command -v "$cmd" >/dev/null || fail "$cmd not found: run scripts/install_test_deps.sh first"
+    done
+
+    # Keep the previous run's logs as *.old, so that a failure shows only this run's lines.
+    local f
+    for f in "$DIR/log/slurmctld.log" "$DIR/log/slurmd.log" "$MUNGE_DIR/munged.log"; do
+        [ -f "$f" ] && mv -f "$f" "$f.old"
+    done
+    # Another SLURM (another ACME_SLURM_DIR, a system slurmctld) would answer our clients.
+    local port
+    for port in 6817 6818; do
+        port_busy "$port" && fail "port $port on 127.0.0.1 is in use (another SLURM cluster?)"
     done
 
     mkdir -p "$DIR/state" "$DIR/spool" "$DIR/log" "$DIR/run"
@@ -200,7 +220,7 @@ do_start() {
     log "starting slurmctld"
     # -c: a clean controller state on every start (no jobs or node states from earlier runs).
     slurmctld -c -f "$CONF" 9>&- || fail "slurmctld did not start"
-    wait_for 15 scontrol ping || fail "slurmctld does not answer 'scontrol ping'"
+    wait_for 15 slurmctld_up || fail "slurmctld does not answer 'scontrol ping'"
 
     log "starting slurmd"
     slurmd -f "$CONF" 9>&- || fail "slurmd did not start"
@@ -210,6 +230,9 @@ do_start() {
     for cmd in "${DAEMONS[@]}"; do
         running_pid "$cmd" >/dev/null || fail "$cmd is not running after start"
     done
+    # Only now: a start that failed (say, ports held by another cluster) must not point the
+    # machine-wide configuration at a cluster that does not run.
+    install_system_conf
     log "running (PIDs: munged $(running_pid munged), slurmctld $(running_pid slurmctld), slurmd $(running_pid slurmd)); SLURM_CONF=$CONF"
     sinfo
 }

@@ -105,8 +105,6 @@ def no_leftover_processes():
 
 
 def pytest_configure(config):
-    config.addinivalue_line(
-        "markers", "local_processes: the test starts worker processes on this machine")
     if not config.pluginmanager.hasplugin("timeout"):
         # Keep @pytest.mark.timeout known even where pytest-timeout is missing
         # (it is a test dependency: pip install pytest-timeout).

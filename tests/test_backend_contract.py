@@ -37,7 +37,8 @@ def backend(request, no_leftover_processes):
     name = request.param
     if not get_backend(name).is_available():
         # e.g. an MPI backend outside an MPI job: it has its own subprocess tests
-        pytest.skip(f"backend {name!r} cannot run inside this pytest process")
+        pytest.skip(f"backend {name!r} is not available in this pytest process "
+                    "(is_available() is False); it has its own subprocess tests")
     return name
 
 
@@ -45,7 +46,8 @@ def backend(request, no_leftover_processes):
 def remote_backend(request, no_leftover_processes):
     name = request.param
     if not get_backend(name).is_available():
-        pytest.skip(f"backend {name!r} cannot run inside this pytest process")
+        pytest.skip(f"backend {name!r} is not available in this pytest process "
+                    "(is_available() is False); it has its own subprocess tests")
     return name
 
 
@@ -423,7 +425,6 @@ def test_sequential_timeout_cannot_stop_a_call_but_warns(caplog):
 @pytest.mark.parametrize("how, detail", [
     ("os._exit", r"exit code 3"),
     ("SIGKILL", r"signal 9|SIGKILL"),
-    ("sys.exit", r"exit code 4"),
 ])
 @pytest.mark.parametrize("culprit", [1, 37], ids=["early", "in-a-batch"])
 def test_local_worker_death_fails_only_that_call(how, detail, culprit,
@@ -436,3 +437,18 @@ def test_local_worker_death_fails_only_that_call(how, detail, culprit,
     assert isinstance(err.__cause__, acme.WorkerDied)
     assert "worker died" in str(err)
     assert re.search(detail, str(err)), str(err)
+
+
+@pytest.mark.parametrize("culprit", [1, 37], ids=["early", "in-a-batch"])
+def test_sys_exit_in_a_call_fails_only_that_call(backend, culprit):
+    n = 50
+    err = compute_error(exit_at, list(range(n)), culprit, "sys.exit", backend=backend,
+                        n_workers=2)
+    assert err.failed == [culprit]
+    assert err.results == [None if i == culprit else i for i in range(n)]
+    cause = err.__cause__
+    if isinstance(cause, SystemExit):
+        assert cause.code == 4
+    else:  # a worker process may also just end, with the call's exit code
+        assert backend not in IN_PROCESS, f"unexpected cause {cause!r}"
+        assert isinstance(cause, acme.WorkerDied) and "exit code 4" in str(err), str(err)

@@ -16,6 +16,8 @@ from acme import ArgumentMismatchError, ParallelMap
 
 BOTH = ["sequential", "local"]
 
+pytestmark = pytest.mark.timeout(60)
+
 
 def run(func, *args, backend="sequential", **kwargs):
     """Results of ParallelMap(func, *args, **kwargs) in memory."""

@@ -15,6 +15,8 @@ import acme.backends
 from acme import ParallelMap
 from acme.backends import registered_backends
 
+pytestmark = pytest.mark.timeout(60)
+
 
 def f(x, y=1):
     return x * y
