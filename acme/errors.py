@@ -82,9 +82,12 @@ class CallFailure:
         """The original exception with the remote traceback chained as its cause."""
         exc = self.exception
         if exc.__traceback__ is None and not isinstance(exc.__cause__, RemoteTraceback):
-            header = f"Call {self.index} failed on {self.where}:\n"
-            exc.__cause__ = RemoteTraceback(
-                "\n" + header + '"""\n' + self.traceback_text + '"""')
+            header = f"Call {self.index} failed on {self.where}"
+            if self.traceback_text.strip():
+                text = f"\n{header}:\n" + '"""\n' + self.traceback_text + '"""'
+            else:  # the worker died or was stopped: there is no Python traceback
+                text = f"\n{header} (no traceback: {self.summary})"
+            exc.__cause__ = RemoteTraceback(text)
         return exc
 
     def __reduce__(self):

@@ -67,7 +67,13 @@ def load_call(path: str, index: int) -> Any:
     if pickles:
         with open(pickles[0], "rb") as fh:
             return pickle.load(fh)
-    container = find_container(path)
+    try:
+        container = find_container(path)
+    except FileNotFoundError:
+        if glob.glob(os.path.join(folder, "*.pickle")):  # write_pickle=True: no container
+            raise MissingResultError(f"call {index} has no result in {folder} (no "
+                                     f"*_{index}.pickle)", [index]) from None
+        raise
     with h5py.File(container, "r") as h5f:
         name = f"comp_{index}"
         if index in {int(i) for i in h5f.attrs.get("acme_missing_calls", [])}:
@@ -116,7 +122,8 @@ def load_stacked(path: str, name: str = "result_0") -> np.ndarray:
                 raise MissingResultError(f"calls {missing} have no result in {container}",
                                          missing)
             return dset[()]
-        out = np.empty(dset.shape, dtype=dset.dtype)
+        # np.inf axes: shorter calls leave padding that reads as the fill value (NaN)
+        out = np.full(dset.shape, dset.fillvalue, dtype=dset.dtype)
         missing = []
         for vmap in dset.virtual_sources():
             source = os.path.join(folder, vmap.file_name)

@@ -14,7 +14,7 @@ from .errors import CallFailure, ParallelMapError, failure_report
 from .layout import OutputLayout, default_output_dir, file_stem
 from .logs import FILE_ONLY, run_logging
 from .sinks import InMemorySink, PayloadSink, PickleSink, Stored, stack_in_memory
-from .tasks import WorkerContext
+from .tasks import WorkerContext, check_sendable
 
 log = logging.getLogger("acme")
 
@@ -113,6 +113,8 @@ def execute(pmap, backend) -> Any:
     logfile = _logfile_path(pmap, layout)
     with run_logging(pmap.verbose, logfile):
         _log_parameters(pmap, backend, layout)
+        if backend.name != "sequential":
+            check_sendable(pmap._plan)
         sink, raw_rows = _make_sink(pmap, backend, layout)
         context = WorkerContext(pmap._plan, sink)
         tasks = [(i, *pmap._plan.varying_values(i)) for i in range(pmap.n_inputs)]

@@ -50,6 +50,8 @@ def _hdf5_array(value: Any) -> Optional[np.ndarray]:
     """``value`` as an array HDF5 can hold, or None (dicts, None, objects, ragged lists)."""
     if value is None or isinstance(value, (dict, set, frozenset)):
         return None
+    if isinstance(value, bytes) and b"\0" in value:
+        return None  # HDF5 variable-length strings end at a NUL byte: pickle instead
     if isinstance(value, (str, bytes)):
         import h5py
         kind = h5py.string_dtype("utf-8") if isinstance(value, str) else h5py.string_dtype("ascii")
@@ -58,6 +60,12 @@ def _hdf5_array(value: Any) -> Optional[np.ndarray]:
         arr = np.asarray(value)
     except Exception:
         return None
+    if arr.dtype.kind in "US" and not isinstance(value, np.ndarray):
+        # numpy turns the numbers of a list such as [1, "a"] into strings: keep the
+        # value as it is (pickled) rather than store something else
+        kind = str if arr.dtype.kind == "U" else bytes
+        if not all(isinstance(v, kind) for v in np.asarray(value, dtype=object).flat):
+            return None
     if arr.dtype.kind == "U":  # numpy unicode has no HDF5 type: variable-length UTF-8
         import h5py
         arr = arr.astype(h5py.string_dtype("utf-8"))

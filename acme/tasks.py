@@ -12,6 +12,8 @@ import socket
 import time
 from typing import Any, Callable, Optional
 
+import numpy as np
+
 from .errors import CallFailure
 from .inputs import CallPlan, TASK_ID
 
@@ -129,10 +131,44 @@ def loads(data: bytes) -> Any:
     return pickle.loads(data)
 
 
-def find_unpicklable(plan: CallPlan, func: Callable) -> None:
-    """Raise a TypeError naming the first argument of ``plan`` that cannot be sent."""
-    dumps(func, f"The function {getattr(func, '__name__', func)!r}")
+#: Types that always pickle: checking them element by element would only cost time.
+_ALWAYS_PICKLES = (int, float, complex, bool, str, bytes, type(None), np.generic)
+
+
+def _check_sendable(value: Any, what: str) -> None:
+    if isinstance(value, _ALWAYS_PICKLES):
+        return
+    if isinstance(value, np.ndarray) and not value.dtype.hasobject:
+        return
+    if isinstance(value, (list, tuple)) and all(
+            isinstance(v, _ALWAYS_PICKLES) for v in value):
+        return
+    dumps(value, what)
+
+
+def check_sendable(plan: CallPlan) -> None:
+    """Raise a TypeError naming the first argument (and element) of ``plan`` that
+    cannot be sent to a worker process, before anything runs."""
+    name = getattr(plan.func, "__name__", plan.func)
+    dumps(plan.func, f"The function {name!r}")
     for k, arg in enumerate(plan.positional):
-        dumps(arg.value, f"Positional argument {k} of {getattr(func, '__name__', func)}")
-    for name, arg in plan.keywords.items():
-        dumps(arg.value, f"Keyword argument {name!r} of {getattr(func, '__name__', func)}")
+        if arg.varying:
+            for i, value in enumerate(arg.value):
+                _check_sendable(value, f"Element {i} of positional argument {k} of {name}")
+        else:
+            _check_sendable(arg.value, f"Positional argument {k} of {name}")
+    for key, arg in plan.keywords.items():
+        if arg.varying:
+            for i, value in enumerate(arg.value):
+                _check_sendable(value, f"Element {i} of keyword argument {key!r} of {name}")
+        else:
+            _check_sendable(arg.value, f"Keyword argument {key!r} of {name}")
+
+
+def defined_interactively(func: Callable) -> bool:
+    """A function from a ``__main__`` without a file (``python -c``, stdin, Jupyter):
+    a worker that does not inherit this process's memory cannot import it."""
+    import sys
+    if getattr(func, "__module__", None) != "__main__":
+        return False
+    return not getattr(sys.modules.get("__main__"), "__file__", None)

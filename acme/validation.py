@@ -110,11 +110,13 @@ def check_logfile(value: Any) -> Union[None, bool, str]:
 
 
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
-_UNIT_MB = {"": 1e-6, "K": 1e-3, "M": 1.0, "G": 1e3, "T": 1e6}
+# SLURM's units: K, M, G, T are powers of 1024 ("4G" is 4096 MB); so are KB, MB, GB, TB here.
+_UNIT_MB = {"K": 1 / 1024, "M": 1.0, "G": 1024.0, "T": 1024.0 ** 2}
 
 
 def parse_memory(value: Any, name: str = "mem_per_worker") -> Union[str, float]:
-    """``"auto"`` or a size such as ``"4GB"``, ``"500MB"``, ``"2G"``; returns megabytes."""
+    """``"auto"`` or a size such as ``"4GB"``, ``"500MB"``, ``"2G"``; returns megabytes
+    (MiB, as SLURM counts them: ``"4GB"`` is 4096)."""
     if not isinstance(value, str):
         raise TypeError(f"`{name}` has to be 'auto' or a size such as '4GB' or "
                         f"'500MB', not {_show(value)}")

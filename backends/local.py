@@ -30,7 +30,8 @@ from multiprocessing.connection import wait
 from typing import Iterator, Optional
 
 from acme.errors import CallFailure, CallTimeout, WorkerDied
-from acme.tasks import HOST, CallOutcome, CallTask, WorkerContext, dumps, loads
+from acme.tasks import (HOST, CallOutcome, CallTask, WorkerContext, defined_interactively,
+                        dumps, loads)
 
 from .base import Backend, BatchSizer
 
@@ -171,9 +172,14 @@ class LocalBackend(Backend):
 
     def run(self, context: WorkerContext, tasks: list[CallTask],
             timeout: Optional[float] = None) -> Iterator[CallOutcome]:
-        payload = dumps(context, "The function or one of its constant arguments")
-        n_workers = max(1, min(self.n_workers, len(tasks)))
         mp = multiprocessing.get_context(_start_method())
+        # Forked workers inherit the function; others must get it by value if it
+        # lives in a __main__ they cannot import (python -c, stdin, notebooks).
+        by_value = (mp.get_start_method() != "fork"
+                    and defined_interactively(context.func))
+        payload = dumps(context, "The function or one of its constant arguments",
+                        by_value=by_value)
+        n_workers = max(1, min(self.n_workers, len(tasks)))
         self.stats = {"bytes_to_workers": 0, "messages_to_workers": 0,
                       "workers_started": 0, "start_method": mp.get_start_method()}
         pending = deque(tasks)

@@ -37,6 +37,8 @@ __all__ = ["MPIBackend", "MPIPool", "serve", "ParallelSingleFileSink"]
 
 TAG_TO_WORKER = 11
 TAG_TO_MASTER = 12
+#: Batches a worker rank holds at once (one running, the rest queued).
+PREFETCH = 2
 
 
 def _receive(comm, source: int, tag: int, max_delay: float):
@@ -82,7 +84,7 @@ def _sendable(outcomes: list) -> bytes:
 def serve(comm, script_loaded: bool = True) -> None:
     """Body of a worker rank: serve jobs until rank 0 says stop."""
     while True:
-        message, _ = _receive(comm, 0, TAG_TO_WORKER, max_delay=0.05)
+        message, _ = _receive(comm, 0, TAG_TO_WORKER, max_delay=0.005)
         if message[0] == "stop":
             return
         timeout = message[1]
@@ -100,7 +102,7 @@ def serve(comm, script_loaded: bool = True) -> None:
         if hasattr(sink, "collective_open"):
             sink.collective_open(comm)
         while True:
-            message, _ = _receive(comm, 0, TAG_TO_WORKER, max_delay=0.002)
+            message, _ = _receive(comm, 0, TAG_TO_WORKER, max_delay=0.001)
             if message[0] == "end":
                 break
             tasks = pickle.loads(message[1])
@@ -210,29 +212,32 @@ class MPIBackend(Backend):
             sink.collective_open(comm)
 
         pending = deque(tasks)
-        idle = deque(workers)
-        in_flight: dict[int, list] = {}
-        sizer = BatchSizer(len(workers), one_at_a_time=timeout is not None)
+        # Each worker holds up to PREFETCH batches, so the next one is already queued
+        # when it finishes a call and no round trip is spent waiting for work.
+        in_flight: dict[int, deque] = {rank: deque() for rank in workers}
+        sizer = BatchSizer(len(workers) * PREFETCH, one_at_a_time=timeout is not None)
         try:
-            while pending or in_flight:
-                while idle and pending:
-                    rank = idle.popleft()
-                    size = sizer.next_size(len(pending))
-                    batch = [pending.popleft() for _ in range(min(size, len(pending)))]
-                    data = pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
-                    comm.send(("tasks", data), dest=rank, tag=TAG_TO_WORKER)
-                    self.stats["bytes_to_workers"] += len(data)
-                    self.stats["messages_to_workers"] += 1
-                    in_flight[rank] = batch
-                message, rank = _receive(comm, -1, TAG_TO_MASTER, max_delay=0.002)
-                in_flight.pop(rank, None)
-                idle.append(rank)
+            while pending or any(in_flight.values()):
+                for _ in range(PREFETCH):
+                    for rank in workers:
+                        if pending and len(in_flight[rank]) < PREFETCH:
+                            size = sizer.next_size(len(pending))
+                            batch = [pending.popleft()
+                                     for _ in range(min(size, len(pending)))]
+                            data = pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
+                            comm.send(("tasks", data), dest=rank, tag=TAG_TO_WORKER)
+                            self.stats["bytes_to_workers"] += len(data)
+                            self.stats["messages_to_workers"] += 1
+                            in_flight[rank].append(batch)
+                message, rank = _receive(comm, -1, TAG_TO_MASTER, max_delay=0.001)
+                in_flight[rank].popleft()
                 kind, outcomes = pickle.loads(message)
                 for outcome in outcomes:
                     sizer.record(outcome.duration)
                     yield outcome
         except BaseException:
-            held = {rank: [t[0] for t in batch] for rank, batch in in_flight.items()}
+            held = {rank: [t[0] for batch in batches for t in batch]
+                    for rank, batches in in_flight.items() if batches}
             log.error("the MPI run was interrupted: calls %s were running on worker "
                       "ranks %s and %d calls had not started; their results are missing",
                       sorted(i for calls in held.values() for i in calls),

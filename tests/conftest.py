@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,28 +206,40 @@ def run_script(code_or_path: Union[str, os.PathLike], timeout: float = 60.0,
         ([full_env["PYTHONPATH"]] if full_env.get("PYTHONPATH") else []))
     if env:
         full_env.update(env)
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE if feed is not None else subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=full_env, cwd=cwd, start_new_session=True)
-    pgid = proc.pid  # start_new_session: the child leads its own process group
-    try:
-        stdout, stderr = proc.communicate(input=feed, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _kill_group(pgid)
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"{cmd[:2]} did not finish within {timeout} s; its process group "
-                    f"was killed.\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}")
-    except BaseException:
-        _kill_group(pgid)
-        proc.wait()
-        raise
-    # Anything of the script's group still running after it exited is a leak.
-    leftovers = False
-    deadline = time.monotonic() + 2.0
-    while _group_alive(pgid):
-        if time.monotonic() > deadline:
-            leftovers = True
+    # Output goes to files, not pipes: a worker left behind that still holds the
+    # script's stdout must not keep us waiting after the script itself has ended.
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE if feed is not None else subprocess.DEVNULL,
+            stdout=out, stderr=err, text=True, env=full_env, cwd=cwd,
+            start_new_session=True)
+        pgid = proc.pid  # start_new_session: the child leads its own process group
+
+        def output() -> tuple:
+            out.seek(0)
+            err.seek(0)
+            return out.read(), err.read()
+
+        try:
+            proc.communicate(input=feed, timeout=timeout)
+        except subprocess.TimeoutExpired:
             _kill_group(pgid)
-            break
-        time.sleep(0.05)
+            proc.wait()
+            stdout, stderr = output()
+            pytest.fail(f"{cmd[:2]} did not finish within {timeout} s; its process group "
+                        f"was killed.\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}")
+        except BaseException:
+            _kill_group(pgid)
+            proc.wait()
+            raise
+        # Anything of the script's group still running after it exited is a leak.
+        leftovers = False
+        deadline = time.monotonic() + 2.0
+        while _group_alive(pgid):
+            if time.monotonic() > deadline:
+                leftovers = True
+                _kill_group(pgid)
+                break
+            time.sleep(0.05)
+        stdout, stderr = output()
     return ScriptResult(cmd, proc.returncode, stdout, stderr, leftovers)

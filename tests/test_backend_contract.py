@@ -26,7 +26,11 @@ from acme.backends import get_backend, registered_backends
 
 #: Backends that run calls in the calling process (no pickling, real tracebacks).
 IN_PROCESS = {"sequential"}
-BACKENDS = registered_backends()
+#: Backends that need a launcher or a cluster around the calling process: the MPI
+#: backend runs only on rank 0 of ``python -m acme.mpi_run`` and SLURM submits jobs;
+#: test_mpi.py and test_slurm.py run the same behaviours through them in subprocesses.
+LAUNCHED = {"mpi", "slurm"}
+BACKENDS = [name for name in registered_backends() if name not in LAUNCHED]
 OUT_OF_PROCESS = [name for name in BACKENDS if name not in IN_PROCESS]
 
 pytestmark = pytest.mark.timeout(60)

@@ -252,6 +252,26 @@ def test_shape_mismatch_fails_that_call_only(tmp_path, backend):
         np.testing.assert_array_equal(data[i], np.full(100, 100.0))
 
 
+def floats_on_1(x):
+    return np.arange(4) * x if x != 1 else np.arange(4) * 0.5
+
+
+def test_dtype_mismatch_fails_that_call_only(tmp_path):
+    out = tmp_path / "out"
+    with ParallelMap(floats_on_1, [0, 1, 2], backend="sequential", output_dir=out,
+                     result_shape=(None, 4), result_dtype="int64") as pmap:
+        with pytest.raises(ParallelMapError) as info:
+            pmap.compute()
+    assert info.value.failed == [1]
+    assert isinstance(info.value.__cause__, acme.ResultShapeError)
+    assert "float64" in str(info.value) and "int64" in str(info.value)
+    assert {p for p in files_under(out) if "payload" in p} == \
+        {"floats_on_1_payload/floats_on_1_0.h5", "floats_on_1_payload/floats_on_1_2.h5"}
+    with h5py.File(out / "floats_on_1.h5", "r") as h5f:
+        assert h5f["result_0"].dtype == np.int64
+        np.testing.assert_array_equal(h5f["result_0"][2], np.arange(4) * 2)
+
+
 def test_moved_folder_still_reads_from_another_cwd(tmp_path, monkeypatch):
     out = tmp_path / "run" / "out"
     xs = [5, 6, 7]
@@ -260,8 +280,12 @@ def test_moved_folder_still_reads_from_another_cwd(tmp_path, monkeypatch):
     moved.parent.mkdir()
     shutil.move(str(out), str(moved))
     shutil.rmtree(tmp_path / "run")
+    # the new cwd holds a same-named decoy payload: it must not be read instead
     other = tmp_path / "unrelated"
-    other.mkdir()
+    (other / "row_payload").mkdir(parents=True)
+    with h5py.File(other / "row_payload" / "row_0.h5", "w") as decoy:
+        decoy["result_0"] = np.full(10, -1)
+        decoy["result_1"] = np.array([-1, -1])
     monkeypatch.chdir(other)
     with h5py.File(moved / "row.h5", "r") as h5f:
         data = h5f["result_0"][()]
@@ -269,6 +293,51 @@ def test_moved_folder_still_reads_from_another_cwd(tmp_path, monkeypatch):
             np.testing.assert_array_equal(data[i], expected_row(x, 10))
             np.testing.assert_array_equal(h5f[f"comp_{i}/result_0"][()], expected_row(x, 10))
             np.testing.assert_array_equal(h5f[f"comp_{i}/result_1"][()], [x, -x])
+    np.testing.assert_array_equal(acme.load_stacked(str(moved)),
+                                  np.stack([expected_row(x, 10) for x in xs]))
+
+
+def dies_on_2(x):
+    if x == 2:
+        os._exit(3)  # the worker process vanishes mid-run
+    return np.arange(4.0) * x
+
+
+def interrupted_at_2(x):
+    if x == 2:
+        raise KeyboardInterrupt  # as if the user pressed Ctrl-C during call 2
+    return np.arange(4.0) * x
+
+
+def test_container_valid_after_a_worker_died(tmp_path):
+    out = tmp_path / "out"
+    with ParallelMap(dies_on_2, [0, 1, 2, 3, 4], backend="local", n_workers=2,
+                     output_dir=out, result_shape=(None, 4)) as pmap:
+        with pytest.raises(ParallelMapError) as info:
+            pmap.compute()
+    assert info.value.failed == [2]
+    assert_no_tmp(out)
+    with h5py.File(out / "dies_on_2.h5", "r") as h5f:
+        assert set(h5f) == {"comp_0", "comp_1", "comp_3", "comp_4", "result_0"}
+        data = h5f["result_0"][()]
+    assert np.isnan(data[2]).all()
+    for i in (0, 1, 3, 4):
+        np.testing.assert_array_equal(data[i], np.arange(4.0) * i)
+
+
+def test_container_valid_after_an_interrupted_run(tmp_path):
+    out = tmp_path / "out"
+    with ParallelMap(interrupted_at_2, [0, 1, 2, 3], backend="sequential",
+                     output_dir=out, result_shape=(None, 4)) as pmap:
+        with pytest.raises(KeyboardInterrupt):
+            pmap.compute()
+    assert pmap.results_container == str(out / "interrupted_at_2.h5")
+    assert_no_tmp(out)
+    with h5py.File(out / "interrupted_at_2.h5", "r") as h5f:
+        assert set(h5f) == {"comp_0", "comp_1", "result_0"}
+        data = h5f["result_0"][()]
+    np.testing.assert_array_equal(data[1], np.arange(4.0))
+    assert np.isnan(data[2:]).all()
 
 
 # ------------------------------------------------------------------ single file
@@ -448,3 +517,131 @@ def test_a_failed_write_leaves_no_file(tmp_path, backend):
     with h5py.File(out / "bad_string.h5", "r") as h5f:
         assert set(h5f) == {"comp_0", "comp_1", "comp_3"}
         assert h5f["comp_3/result_1"].asstr()[()].tolist() == ["fine"]
+
+
+# ------------------------------------------------------------------ value types
+ROUND_TRIP = [
+    # (value, stored in HDF5?)
+    (True, True),
+    (1 + 2j, True),
+    (np.float16(2.5), True),
+    (np.uint64(2 ** 63), True),
+    (np.zeros(0), True),
+    ([[1, 2], [3, 4]], True),
+    ("", True),
+    (["a", "bcd"], True),
+    (np.array(["x", "yz"]), True),
+    (b"\xffraw", True),
+    (b"nul\x00inside", False),     # a variable-length HDF5 string ends at NUL
+    ([1, "a"], False),              # numpy would turn 1 into "1"
+    ([1.5, b"b"], False),
+    (2 ** 70, False),               # no HDF5 integer that wide
+    (np.datetime64("2020-01-01"), False),
+    ([np.zeros(2), np.zeros(3)], False),  # ragged
+]
+
+
+def typed(i):
+    return ROUND_TRIP[i][0]
+
+
+def _same(got, value):
+    """Whether the dataset value ``got`` holds ``value`` (h5py reads strings as bytes)."""
+    if isinstance(value, bytes):
+        return got.tolist() == [value]
+    if isinstance(value, str):
+        return decoded(got) == [value]
+    expected = np.asarray(value)
+    if expected.dtype.kind == "U":
+        return decoded(got) == expected.ravel().tolist()
+    if expected.ndim == 0:
+        expected = expected.reshape(1)
+    return got.dtype == expected.dtype and np.array_equal(got, expected)
+
+
+def test_values_keep_their_type_or_are_pickled(tmp_path):
+    out = tmp_path / "out"
+    n = len(ROUND_TRIP)
+    with pytest.warns(UserWarning, match="pickle"):
+        results, pmap = run(typed, list(range(n)), output_dir=out)
+    for i, (value, in_hdf5) in enumerate(ROUND_TRIP):
+        if in_hdf5:
+            assert results[i].endswith(f"typed_{i}.h5"), (value, results[i])
+            got = read_root(results[i])["result_0"]
+            assert _same(got, value), (value, got)
+        else:
+            assert results[i].endswith(f"typed_payload/typed_{i}.pickle"), (value, results[i])
+            with open(results[i], "rb") as fh:
+                got = pickle.load(fh)
+            if isinstance(value, list) and isinstance(value[0], np.ndarray):
+                assert all(np.array_equal(a, b) for a, b in zip(got, value))
+            else:
+                assert got == value and type(got) is type(value)
+
+
+def matrix(x):
+    return np.arange(6.0).reshape(2, 3) + 10 * x
+
+
+def scalar(x):
+    return x * 1.5
+
+
+@pytest.mark.parametrize("single_file", [False, True])
+def test_stacking_axis_in_the_middle_and_scalar_calls(tmp_path, single_file):
+    xs = [0, 1, 2, 3]
+    out = tmp_path / "matrix"
+    run(matrix, xs, backend="local", output_dir=out, single_file=single_file,
+        result_shape=(2, None, 3))
+    expected = np.stack([matrix(x) for x in xs], axis=1)
+    with h5py.File(out / "matrix.h5", "r") as h5f:
+        assert h5f["result_0"].is_virtual is not single_file
+        np.testing.assert_array_equal(h5f["result_0"][()], expected)
+
+    # result_shape=(None,): each call returns one number (stored as shape (1,))
+    out = tmp_path / "scalar"
+    run(scalar, xs, output_dir=out, single_file=single_file, result_shape=(None,))
+    with h5py.File(out / "scalar.h5", "r") as h5f:
+        assert h5f["result_0"].is_virtual is not single_file
+        np.testing.assert_array_equal(h5f["result_0"][()], [0.0, 1.5, 3.0, 4.5])
+    if not single_file:
+        assert read_root(out / "scalar_payload" / "scalar_3.h5")["result_0"].shape == (1,)
+
+
+# ------------------------------------------------------------------ write-then-rename
+@pytest.mark.parametrize("mode", [dict(result_shape=(None, 5)), dict(write_pickle=True)])
+def test_results_are_written_under_a_temporary_name_then_renamed(tmp_path, monkeypatch,
+                                                                  mode):
+    """Every HDF5 file or pickle acme writes is created under a temporary name in the
+    final folder (so the rename is atomic); the final name never holds a partial file."""
+    writes = []
+    real_file = h5py.File
+
+    class RecordingFile(real_file):
+        def __init__(self, name, mode="r", *args, **kwargs):
+            if mode != "r":
+                writes.append((os.fspath(name), os.path.exists(name)))
+            super().__init__(name, mode, *args, **kwargs)
+
+    real_dump = pickle.dump
+
+    def recording_dump(obj, fh, *args, **kwargs):
+        writes.append((fh.name, os.path.exists(fh.name) and os.path.getsize(fh.name) > 0))
+        return real_dump(obj, fh, *args, **kwargs)
+
+    monkeypatch.setattr(h5py, "File", RecordingFile)
+    monkeypatch.setattr(pickle, "dump", recording_dump)
+    out = tmp_path / "out"
+    results, pmap = run(f, [1, 2, 3], output_dir=out, **mode)
+    monkeypatch.undo()
+
+    final = set(results) | ({pmap.results_container} if pmap.results_container else set())
+    assert len(writes) == len(final), writes
+    for path, existed_before in writes:
+        assert path not in final, f"{path} was written in place"
+        name = os.path.basename(path)
+        assert name.startswith(".") and name.endswith(".tmp"), path
+        assert os.path.dirname(path) in {os.path.dirname(p) for p in final}
+        assert not existed_before
+        assert not os.path.exists(path)  # renamed away
+    assert all(os.path.isfile(p) for p in final)

@@ -215,23 +215,29 @@ def g(x):
 if __name__ == "__main__":
     print("STDIN IS A TTY:", sys.stdin.isatty(), flush=True)
     with ParallelMap(g, [1, 2, 3], dryrun=True, output_dir=sys.argv[1],
-                     backend=sys.argv[2], n_workers=2) as pmap:
+                     backend=sys.argv[2], n_workers=2,
+                     setup_interactive=sys.argv[3] == "interactive") as pmap:
         results = pmap.compute()
     print("RESULTS:", results if results is None else len(results), flush=True)
 '''
 
 
-@pytest.mark.parametrize("answer, backend", [("n", "sequential"), ("y", "local")])
-def test_dryrun_on_a_terminal_asks_before_running(tmp_path, answer, backend):
+@pytest.mark.parametrize("answer, backend, interactive", [
+    ("n", "sequential", "interactive"),
+    ("y", "local", "interactive"),
+    ("", "sequential", "not-interactive"),  # setup_interactive=False: never asks
+])
+def test_dryrun_on_a_terminal_asks_before_running(tmp_path, answer, backend, interactive):
     script = tmp_path / "terminal_script.py"
     script.write_text(TERMINAL_SCRIPT)
     out = tmp_path / "out"
-    result = run_python(script, [out, backend], cwd=tmp_path, timeout=45,
+    result = run_python(script, [out, backend, interactive], cwd=tmp_path, timeout=45,
                         terminal_answer=answer)
     assert result.returncode == 0, result
     text = result.output
     assert "STDIN IS A TTY: True" in text, result
-    assert "[Y/n]" in text and "dry run of call" in text, result
+    assert "dry run of call" in text, result
+    assert ("[Y/n]" in text) is (interactive == "interactive"), result
     payloads = {p for p in files_under(out) if p.startswith("g_payload/")}
     if answer == "n":
         assert "RESULTS: None" in text, result

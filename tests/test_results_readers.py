@@ -88,6 +88,11 @@ def test_load_call_reads_pickles(tmp_path):
     assert isinstance(value, tuple)
     assert_values(list(value), values_of(4))
 
+    os.remove(out / "pair_2.pickle")
+    with pytest.raises(MissingResultError) as info:
+        acme.load_call(out, 2)
+    assert info.value.calls == [2] and "2" in str(info.value)
+
     out2 = tmp_path / "fallback"
     with pytest.warns(UserWarning):
         compute(odd_one, [0, 1, 2], out2)
@@ -126,3 +131,26 @@ def test_failed_call_is_missing_not_fill(tmp_path, mode):
         with pytest.raises(MissingResultError) as info:
             acme.load_stacked(out)
         assert info.value.calls == [2]
+
+
+def ragged(n):
+    return np.arange(1.0, n + 1)
+
+
+@pytest.mark.parametrize("mode", [
+    dict(result_shape=(None, np.inf)),
+    dict(result_shape=(np.inf, None)),
+    dict(result_shape=(None, np.inf), single_file=True),
+])
+def test_load_stacked_pads_inf_axis_with_nan(tmp_path, mode):
+    out = tmp_path / "out"
+    lengths = [3, 700, 1]
+    compute(ragged, lengths, out, **mode)
+    stacked = acme.load_stacked(out)
+    rows = stacked if mode["result_shape"][0] is None else stacked.T
+    assert rows.shape == (3, 700)
+    for i, n in enumerate(lengths):
+        np.testing.assert_array_equal(rows[i, :n], ragged(n))
+        assert np.isnan(rows[i, n:]).all(), rows[i, n:n + 5]
+    with h5py.File(out / "ragged.h5", "r") as h5f:  # the same as plain h5py reads
+        np.testing.assert_array_equal(stacked, h5f["result_0"][()])
