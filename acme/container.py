@@ -85,11 +85,18 @@ def build_container(layout: OutputLayout, n_calls: int, spec: Optional[ResultSpe
 
 
 def create_single_file(layout: OutputLayout, n_calls: int,
-                       spec: Optional[ResultSpec]) -> Optional[int]:
+                       spec: Optional[ResultSpec], resume: bool = False) -> Optional[int]:
     """Create ``f.h5`` before the calls run; return the file offset of ``result_0``
-    when workers can write its rows directly (fixed shape), else None."""
+    when workers can write its rows directly (fixed shape), else None. With
+    ``resume`` an existing file is kept, with the rows written before."""
     import h5py
     os.makedirs(layout.parts_dir, exist_ok=True)
+    if resume and os.path.exists(layout.container):
+        with h5py.File(layout.container, "r") as h5f:
+            if spec is None or spec.has_inf or "result_0" not in h5f:
+                return None
+            offset = h5f["result_0"].id.get_offset()
+            return None if offset is None else int(offset)
     with h5py.File(layout.container, "w") as h5f:
         h5f.attrs[ATTR_CALLS] = n_calls
         if spec is None or spec.has_inf:
@@ -136,6 +143,8 @@ def finish_single_file(layout: OutputLayout, n_calls: int, spec: Optional[Result
                 if names:
                     group = h5f.require_group(f"comp_{i}")
                     for name in names:
+                        if name in group:  # rerun of a call (resume)
+                            del group[name]
                         part.copy(part[name], group, name=name)
         h5f.attrs[ATTR_MISSING] = np.array(
             sorted(set(range(n_calls)) - set(h5_calls)), dtype=np.int64)

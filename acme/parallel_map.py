@@ -83,6 +83,11 @@ class ParallelMap:
     timeout : float or None
         Seconds one call may run; a call that runs longer is stopped and recorded as
         failed. Not a parameter of esi-acme.
+    resume : bool
+        Continue the run in ``output_dir``: only calls without a complete result
+        (failed, stopped, never started) run again. The run's function, number of
+        calls and arguments must be the same (a fingerprint is kept in the folder).
+        Not a parameter of esi-acme.
     **kwargs
         Keyword arguments of ``func``, distributed by the same rules as ``args``
         (a list/tuple keyword counts as one value per call only if ``func``'s default
@@ -118,7 +123,8 @@ class ParallelMap:
                  setup_interactive: bool = True, stop_client: Union[bool, str] = "auto",
                  verbose: Optional[bool] = None, dryrun: bool = False,
                  logfile: Optional[Union[bool, str]] = None, backend: str = "auto",
-                 timeout: Optional[float] = None, **kwargs: Any) -> None:
+                 timeout: Optional[float] = None, resume: bool = False,
+                 **kwargs: Any) -> None:
         if not callable(func):
             raise TypeError(f"`func` (the first argument of ParallelMap) has to be a "
                             f"callable, not {type(func).__name__} {func!r}")
@@ -126,8 +132,7 @@ class ParallelMap:
         self.write_worker_results = check.check_bool(write_worker_results,
                                                      "write_worker_results")
         self.output_dir = check.check_path(output_dir, "output_dir")
-        if self.output_dir is not None and self.write_worker_results:
-            check_output_dir(os.path.abspath(self.output_dir))
+        self.resume = check.check_bool(resume, "resume")
         self.single_file = check.check_bool(single_file, "single_file")
         self.write_pickle = check.check_bool(write_pickle, "write_pickle")
         self.result_spec = self._check_result_shape(result_shape, result_dtype)
@@ -152,6 +157,11 @@ class ParallelMap:
         self.timeout = check.check_positive_number(timeout, "timeout", allow_none=True)
         self.backend_name = self._check_backend(backend)
         self._warn_about_ignored_options()
+        if self.resume and (self.output_dir is None or not self.write_worker_results):
+            raise ValueError("resume=True continues a run on disk: give the `output_dir` "
+                             "of that run (and keep write_worker_results=True)")
+        if self.output_dir is not None and self.write_worker_results:
+            check_output_dir(os.path.abspath(self.output_dir), self.resume)
 
         self.prepare_input(func, n_inputs, *args, **kwargs)
         if self.backend_name != "sequential":
@@ -173,6 +183,9 @@ class ParallelMap:
                                 f"'float' or 'int32', not {result_dtype!r}") from None
             return None
         spec = ResultSpec(result_shape, result_dtype)
+        if spec.has_inf and self.single_file and getattr(self, "resume", False):
+            raise ValueError("resume=True cannot continue a single_file run whose "
+                             "result_shape has np.inf; give the axis its length")
         if spec.has_inf and not self.write_worker_results:
             raise ValueError("`result_shape` may use np.inf only when results are "
                              "written to disk (write_worker_results=True); in memory "

@@ -86,15 +86,16 @@ class Backend:
             timeout: Optional[float] = None) -> Iterator[CallOutcome]:
         raise NotImplementedError
 
-    def single_file_sink(self, layout, spec, n_calls: int):
+    def single_file_sink(self, layout, spec, n_calls: int, resume: bool = False):
         """The sink for ``single_file=True``; returns ``(sink, result_0_in_file)``.
 
-        The default creates the file here and lets workers on this machine (or a
-        shared file system) write result_0 rows at their byte offsets.
+        The default creates the file here (or, with ``resume``, reopens it) and lets
+        workers on this machine (or a shared file system) write result_0 rows at
+        their byte offsets.
         """
         from acme.container import create_single_file
         from acme.sinks import SingleFileSink
-        offset = create_single_file(layout, n_calls, spec)
+        offset = create_single_file(layout, n_calls, spec, resume=resume)
         return SingleFileSink(layout, spec, offset, n_calls), offset is not None
 
     def close(self) -> None:

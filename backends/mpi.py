@@ -18,6 +18,7 @@ HDF5, every rank opens the result file collectively (driver ``mpio``), creates
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import signal
 import time
@@ -166,20 +167,20 @@ class MPIBackend(Backend):
         ranks = len(pool.workers) if pool else 0
         return f"mpi backend with {min(self.n_workers, ranks) if ranks else 0} worker rank(s)"
 
-    def single_file_sink(self, layout, spec, n_calls: int):
+    def single_file_sink(self, layout, spec, n_calls: int, resume: bool = False):
         import h5py
         pool = self._pool()
         if spec is None or spec.has_inf or not pool.workers:
-            return super().single_file_sink(layout, spec, n_calls)
+            return super().single_file_sink(layout, spec, n_calls, resume)
         if not h5py.get_config().mpi:
             log.warning("h5py was built without MPI support: the single result file is "
                         "written through the serial path (workers write raw rows at "
                         "their offsets). Build h5py against parallel HDF5 for the "
                         "collective path.")
-            return super().single_file_sink(layout, spec, n_calls)
-        import os
+            return super().single_file_sink(layout, spec, n_calls, resume)
         os.makedirs(layout.parts_dir, exist_ok=True)
-        return ParallelSingleFileSink(layout, spec, n_calls), True
+        append = resume and os.path.exists(layout.container)
+        return ParallelSingleFileSink(layout, spec, n_calls, append), True
 
     def run(self, context: WorkerContext, tasks: list[CallTask],
             timeout: Optional[float] = None) -> Iterator[CallOutcome]:
@@ -257,8 +258,9 @@ class ParallelSingleFileSink(SingleFileSink):
     ``result_0`` go to per-call part files that rank 0 merges at the end.
     """
 
-    def __init__(self, layout, spec, n_calls: int):
+    def __init__(self, layout, spec, n_calls: int, append: bool = False):
         super().__init__(layout, spec, None, n_calls)
+        self.append = append
         self._file = None
         self._dset = None
 
@@ -276,7 +278,11 @@ class ParallelSingleFileSink(SingleFileSink):
         import numpy as np
         from acme.container import ATTR_AXIS, ATTR_CALLS
         spec = self.spec
-        self._file = h5py.File(self.layout.container, "w", driver="mpio", comm=comm)
+        mode = "a" if self.append else "w"
+        self._file = h5py.File(self.layout.container, mode, driver="mpio", comm=comm)
+        if self.append:  # resume: keep the rows written before
+            self._dset = self._file["result_0"]
+            return
         self._file.attrs[ATTR_CALLS] = self.n_calls  # metadata: written by every rank
         fill = np.nan if spec.dtype.kind in "fc" else 0
         self._dset = self._file.create_dataset(

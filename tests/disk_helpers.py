@@ -33,20 +33,37 @@ def log_re(stem: str) -> re.Pattern:
     return re.compile(rf"^ACME_{re.escape(stem)}_\d{{8}}-\d{{6}}\.log$")
 
 
-def files_under(folder: Union[str, Path]) -> set:
-    """Every file below ``folder`` (hidden ones included), as '/'-separated relative paths."""
-    folder = Path(folder)
-    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+#: acme's own record of a run (for resuming; see acme/state.py), not part of the
+#: esi-acme layout: left out of the listings below unless asked for.
+STATE_DIR = ".acme"
 
 
-def dirs_under(folder: Union[str, Path]) -> set:
+def _listing(folder: Union[str, Path], want_dirs: bool, with_state: bool) -> set:
     folder = Path(folder)
-    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_dir()}
+    found = set()
+    for p in folder.rglob("*"):
+        rel = p.relative_to(folder).as_posix()
+        if not with_state and (rel == STATE_DIR or rel.startswith(STATE_DIR + "/")):
+            continue
+        if p.is_dir() if want_dirs else p.is_file():
+            found.add(rel)
+    return found
+
+
+def files_under(folder: Union[str, Path], with_state: bool = False) -> set:
+    """Every file below ``folder`` (hidden ones included, acme's ``.acme`` run record
+    only with ``with_state``), as '/'-separated relative paths."""
+    return _listing(folder, False, with_state)
+
+
+def dirs_under(folder: Union[str, Path], with_state: bool = False) -> set:
+    """Every folder below ``folder``, like :func:`files_under`."""
+    return _listing(folder, True, with_state)
 
 
 def assert_no_tmp(folder: Union[str, Path]) -> None:
     """No half-written (temporary) file remains anywhere below ``folder``."""
-    leftovers = sorted(p for p in files_under(folder)
+    leftovers = sorted(p for p in files_under(folder, with_state=True)
                        if p.endswith(".tmp") or ".tmp" in Path(p).name)
     assert not leftovers, f"temporary files left in {folder}: {leftovers}"
 

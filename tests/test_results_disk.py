@@ -119,6 +119,7 @@ def test_default_layout_names_links_and_values(tmp_path, monkeypatch, backend):
     logs = [p for p in files if "/" not in p and p.endswith(".log")]
     assert len(logs) == 1 and log_re("f").match(logs[0]), files
     assert files == {"f.h5", logs[0]} | payload_names("f", 4)
+    assert dirs_under(out) == {"f_payload"}
 
     # compute() returns the payloads in input order; results_container the container
     assert results == [str(out / "f_payload" / f"f_{i}.h5") for i in range(4)]
@@ -498,7 +499,7 @@ def test_output_dir_non_empty_is_refused_at_construction(tmp_path):
     (out / "keep.txt").write_text("earlier run")
     with pytest.raises(ValueError, match=r"resume=True"):
         ParallelMap(one_int, [1, 2], output_dir=out, backend="sequential")
-    assert files_under(out) == {"keep.txt"}
+    assert files_under(out, with_state=True) == {"keep.txt"}
     assert (out / "keep.txt").read_text() == "earlier run"
 
 
