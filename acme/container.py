@@ -28,7 +28,17 @@ ATTR_AXIS = "acme_stack_axis"
 
 
 def _fill_value(dtype: np.dtype):
-    return np.nan if dtype.kind in "fc" else 0
+    """What rows without a result read as: NaN for floating point, 0 for other numbers,
+    HDF5's default (all bytes zero, e.g. b"") for anything else (None).
+
+    Returned as a numpy scalar of ``dtype``: HDF5 cannot convert a plain Python float
+    or int to every type (complex numbers, fixed-length strings), and creating a
+    dataset with such a fill value fails."""
+    if dtype.kind in "fc":
+        return np.array(np.nan, dtype=dtype)[()]
+    if dtype.kind in "iub":
+        return np.array(0, dtype=dtype)[()]
+    return None
 
 
 def _stacked_shape(spec: ResultSpec, n_calls: int, shapes: dict) -> tuple:
@@ -105,7 +115,9 @@ def create_single_file(layout: OutputLayout, n_calls: int,
         dcpl.set_layout(h5py.h5d.CONTIGUOUS)
         dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
         dcpl.set_fill_time(h5py.h5d.FILL_TIME_ALLOC)
-        dcpl.set_fill_value(np.array(_fill_value(spec.dtype), dtype=spec.dtype))
+        fill = _fill_value(spec.dtype)
+        if fill is not None:
+            dcpl.set_fill_value(np.array(fill, dtype=spec.dtype))
         full = spec.full_shape(n_calls)
         space = h5py.h5s.create_simple(full)
         dsid = h5py.h5d.create(h5f.id, b"result_0", h5py.h5t.py_create(spec.dtype),

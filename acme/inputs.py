@@ -78,6 +78,19 @@ class CallPlan:
         kw = tuple(self.keywords[n].value[index] for n in self.varying_keywords)
         return pos, kw
 
+    def tasks(self, skip: Optional[set] = None) -> list[tuple]:
+        """``(index, varying positional values, varying keyword values)`` per call,
+        in order, leaving out the indices in ``skip``."""
+        pos_columns = [self.positional[k].value for k in self.varying_positions]
+        kw_columns = [self.keywords[n].value for n in self.varying_keywords]
+        pos_rows = zip(*pos_columns) if pos_columns else iter(lambda: (), None)
+        kw_rows = zip(*kw_columns) if kw_columns else iter(lambda: (), None)
+        out = []
+        for index, pos, kw in zip(range(self.n_inputs), pos_rows, kw_rows):
+            if skip is None or index not in skip:
+                out.append((index, pos, kw))
+        return out
+
     @property
     def argv(self) -> list[list]:
         return [arg.as_list() for arg in self.positional]

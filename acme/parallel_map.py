@@ -258,7 +258,7 @@ class ParallelMap:
         n_workers = None if self.n_workers == "auto" else self.n_workers
         return cls(n_workers=n_workers, partition=self.partition,
                    mem_per_worker=self.mem_per_worker, setup_timeout=self.setup_timeout,
-                   setup_interactive=self.setup_interactive)
+                   setup_interactive=self.setup_interactive, stop_client=self.stop_client)
 
     def compute(self) -> Union[list, Any]:
         """Run every call and return the results.

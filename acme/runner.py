@@ -182,8 +182,7 @@ def execute(pmap, backend) -> Any:
             check_sendable(pmap._plan)
         sink, raw_rows = _make_sink(pmap, backend, layout)
         context = WorkerContext(pmap._plan, sink)
-        tasks = [(i, *pmap._plan.varying_values(i)) for i in range(pmap.n_inputs)
-                 if i not in done]
+        tasks = pmap._plan.tasks(skip=set(done))
         values: list = [None] * pmap.n_inputs
         stored: dict[int, Stored] = {}
         for i, path in done.items():

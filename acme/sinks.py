@@ -134,6 +134,8 @@ class InMemorySink:
 
     def __init__(self, spec: Optional[ResultSpec] = None):
         self.spec = spec
+        #: nothing to do per value: workers may skip calling ``store``
+        self.passthrough = spec is None
 
     def store(self, index: int, value: Any) -> Any:
         if self.spec is not None:

@@ -92,8 +92,77 @@ class WorkerContext:
             return CallOutcome(index, None, failure, duration)
         return CallOutcome(index, stored, None, time.perf_counter() - start)
 
-    def run_batch(self, tasks: list) -> list:
-        return [self.run(task) for task in tasks]
+    def run_batch(self, tasks: list) -> tuple:
+        """Run several calls; return them packed (see :func:`pack_outcomes`).
+
+        The loop is the hot path for short calls, so the common case (every
+        positional argument varies, no keywords) calls the function directly.
+        """
+        func = self.func
+        store = None if getattr(self.sink, "passthrough", False) else self.sink.store
+        direct = (not self.keywords and not self.varying_keywords and not self.inject_task_id
+                  and self.varying_positions == list(range(len(self.positional))))
+        clock = time.perf_counter
+        indices, values, durations, failed = [], [], [], []
+        for task in tasks:
+            index = task[0]
+            start = clock()
+            try:
+                if direct:
+                    value = func(*task[1])
+                else:
+                    args, kwargs = self.arguments(index, task[1], task[2])
+                    value = func(*args, **kwargs)
+                if store is not None:
+                    value = store(index, value)
+            except (Exception, SystemExit) as exc:
+                duration = clock() - start
+                failure = CallFailure.from_exception(index, exc, HOST, os.getpid(),
+                                                     self.rank, duration)
+                failed.append(CallOutcome(index, None, failure, duration))
+                continue
+            durations.append(clock() - start)
+            indices.append(index)
+            values.append(value)
+        return indices, values, durations, failed
+
+
+def pack_outcomes(outcomes: list) -> tuple:
+    """Outcomes as ``(indices, values, durations, failed outcomes)``: plain lists
+    pickle several times faster than one object per call."""
+    ok = [o for o in outcomes if o.ok]
+    return ([o.index for o in ok], [o.value for o in ok], [o.duration for o in ok],
+            [o for o in outcomes if not o.ok])
+
+
+def unpack_outcomes(batch: tuple) -> list:
+    indices, values, durations, failed = batch
+    out = [CallOutcome(i, v, None, d) for i, v, d in zip(indices, values, durations)]
+    out.extend(failed)
+    return out
+
+
+def sendable(batch: tuple) -> tuple:
+    """The batch, with every value that cannot be pickled replaced by a failure
+    of its call saying so."""
+    indices, values, durations, failed = batch
+    keep = ([], [], [])
+    failed = list(failed)
+    for index, value, duration in zip(indices, values, durations):
+        try:
+            pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            error = TypeError(
+                f"the return value of call {index} cannot be sent back to the main "
+                f"process (pickling failed: {exc}); return numpy arrays or plain Python "
+                "objects, or write results to disk")
+            failure = CallFailure(index, error, "", HOST, os.getpid(), None, duration)
+            failed.append(CallOutcome(index, None, failure, duration))
+            continue
+        keep[0].append(index)
+        keep[1].append(value)
+        keep[2].append(duration)
+    return keep[0], keep[1], keep[2], failed
 
 
 HOST = socket.gethostname()

@@ -31,7 +31,7 @@ from typing import Iterator, Optional
 
 from acme.errors import CallFailure, CallTimeout, WorkerDied
 from acme.tasks import (HOST, CallOutcome, CallTask, WorkerContext, defined_interactively,
-                        dumps, loads)
+                        dumps, loads, sendable, unpack_outcomes)
 
 from .base import Backend, BatchSizer
 
@@ -84,25 +84,11 @@ def _worker_main(conn, payload_size: int) -> None:
             return
         if tasks is None:
             return
-        outcomes = context.run_batch(tasks)
+        batch = context.run_batch(tasks)
         try:
-            conn.send(("outcomes", outcomes))
-        except Exception:
-            conn.send(("outcomes", [_sendable(o) for o in outcomes]))
-
-
-def _sendable(outcome: CallOutcome) -> CallOutcome:
-    """The outcome, or a failure saying why its value cannot travel back."""
-    try:
-        pickle.dumps(outcome)
-        return outcome
-    except Exception as exc:
-        error = TypeError(f"the return value of call {outcome.index} cannot be sent "
-                          f"back to the main process (pickling failed: {exc}); return "
-                          "numpy arrays or plain Python objects, or write results to disk")
-        failure = CallFailure(outcome.index, error, "", HOST, os.getpid(), None,
-                              outcome.duration)
-        return CallOutcome(outcome.index, None, failure, outcome.duration)
+            conn.send(("outcomes", batch))
+        except Exception:  # a value that does not pickle fails its own call only
+            conn.send(("outcomes", sendable(batch)))
 
 
 class _Worker:
@@ -253,7 +239,7 @@ class LocalBackend(Backend):
                                 "a worker process could not load the function and its "
                                 "arguments:\n" + data)
                         worker.batch = None
-                        for outcome in data:
+                        for outcome in unpack_outcomes(data):
                             sizer.record(outcome.duration)
                             yield outcome
                     elif worker.process.sentinel in ready:

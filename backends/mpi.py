@@ -28,7 +28,8 @@ from typing import Iterator, Optional
 
 from acme.errors import CallTimeout
 from acme.sinks import SingleFileSink
-from acme.tasks import CallOutcome, CallTask, WorkerContext, dumps, loads
+from acme.tasks import (CallOutcome, CallTask, WorkerContext, dumps, loads, pack_outcomes,
+                        sendable, unpack_outcomes)
 
 from .base import Backend, BatchSizer
 
@@ -73,13 +74,11 @@ def _run_with_alarm(context: WorkerContext, task: CallTask,
         signal.signal(signal.SIGALRM, previous)
 
 
-def _sendable(outcomes: list) -> bytes:
+def _pickled(batch: tuple) -> bytes:
     try:
-        return pickle.dumps(("outcomes", outcomes), protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:
-        from .local import _sendable as check_one
-        return pickle.dumps(("outcomes", [check_one(o) for o in outcomes]),
-                            protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps(("outcomes", batch), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # a value that does not pickle fails its own call only
+        return pickle.dumps(("outcomes", sendable(batch)), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def serve(comm, script_loaded: bool = True) -> None:
@@ -107,8 +106,11 @@ def serve(comm, script_loaded: bool = True) -> None:
             if message[0] == "end":
                 break
             tasks = pickle.loads(message[1])
-            outcomes = [_run_with_alarm(context, task, timeout) for task in tasks]
-            comm.send(_sendable(outcomes), dest=0, tag=TAG_TO_MASTER)
+            if timeout is None:
+                batch = context.run_batch(tasks)
+            else:
+                batch = pack_outcomes([_run_with_alarm(context, t, timeout) for t in tasks])
+            comm.send(_pickled(batch), dest=0, tag=TAG_TO_MASTER)
         if hasattr(sink, "collective_close"):
             sink.collective_close()
 
@@ -232,8 +234,8 @@ class MPIBackend(Backend):
                             in_flight[rank].append(batch)
                 message, rank = _receive(comm, -1, TAG_TO_MASTER, max_delay=0.001)
                 in_flight[rank].popleft()
-                kind, outcomes = pickle.loads(message)
-                for outcome in outcomes:
+                kind, batch = pickle.loads(message)
+                for outcome in unpack_outcomes(batch):
                     sizer.record(outcome.duration)
                     yield outcome
         except BaseException:
