@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 from typing import Optional
 
@@ -19,7 +20,8 @@ from .sinks import Stored, _temporary_name, _remove_quietly
 
 log = logging.getLogger("acme")
 
-__all__ = ["build_container", "create_single_file", "finish_single_file"]
+__all__ = ["build_container", "create_single_file", "finish_single_file",
+           "remove_stale_temporaries"]
 
 #: Attributes acme adds to container files (esi-acme readers ignore them).
 ATTR_CALLS = "acme_n_calls"
@@ -57,14 +59,60 @@ def _index(spec: ResultSpec, call: int, shape: tuple) -> tuple:
     return tuple(sel)
 
 
+#: ``.<name>.<pid>.tmp``: a file being written by process ``pid`` (sinks._temporary_name)
+_TEMPORARY = re.compile(r"^\..+\.(\d+)\.tmp$")
+
+
+def _writer_gone(pid: int) -> bool:
+    """Whether process ``pid`` (on this machine) has ended, or is a zombie."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, OverflowError):
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            stat = fh.read()
+        return stat[stat.rindex(")") + 2:].split()[0] in ("Z", "X")
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+def remove_stale_temporaries(*folders: str) -> list:
+    """Remove the temporary files in ``folders`` whose writer has ended: a worker that
+    was killed while writing (the run was stopped, the call timed out, the worker
+    crashed) leaves its half-written ``.<name>.<pid>.tmp`` behind. Returns their paths."""
+    removed = []
+    for folder in folders:
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            continue
+        for name in names:
+            match = _TEMPORARY.match(name)
+            if match and _writer_gone(int(match.group(1))):
+                path = os.path.join(folder, name)
+                _remove_quietly(path)
+                removed.append(path)
+    if removed:
+        log.warning("removed %d half-written temporary file(s) of stopped workers, "
+                    "e.g. %s", len(removed), removed[0])
+    return removed
+
+
 def build_container(layout: OutputLayout, n_calls: int, spec: Optional[ResultSpec],
                     stored: dict[int, Stored]) -> str:
     """Write ``f.h5``: ``comp_{i}`` external links to every HDF5 payload and, with
     ``result_shape``, a virtual dataset ``result_0`` stacking them.
 
     Source paths are relative to the container so the folder can be moved.
+    Half-written files of workers that were stopped are removed first.
     """
     import h5py
+    remove_stale_temporaries(layout.payload_dir, layout.output_dir)
     h5_calls = sorted(i for i, s in stored.items() if not s.pickled)
     tmp = _temporary_name(layout.container)
     try:
@@ -135,11 +183,14 @@ def finish_single_file(layout: OutputLayout, n_calls: int, spec: Optional[Result
     """Merge the per-call part files into ``f.h5`` (``comp_{i}/result_k``, and
     ``result_0`` when its shape was only known at the end), then remove them."""
     import h5py
+    remove_stale_temporaries(layout.payload_dir, layout.output_dir)
     with h5py.File(layout.container, "a") as h5f:
         h5_calls = sorted(i for i, s in stored.items() if not s.pickled)
         if spec is not None and not raw_rows:
             shapes = {i: stored[i].shape for i in h5_calls}
             full = _stacked_shape(spec, n_calls, shapes)
+            if "result_0" in h5f and h5f["result_0"].size == 0:
+                del h5f["result_0"]  # made up front, but of size 0 (no storage)
             dset = h5f.create_dataset("result_0", shape=full, dtype=spec.dtype,
                                       fillvalue=_fill_value(spec.dtype))
             dset.attrs[ATTR_AXIS] = spec.stack_axis

@@ -85,11 +85,10 @@ class CallPlan:
         kw_columns = [self.keywords[n].value for n in self.varying_keywords]
         pos_rows = zip(*pos_columns) if pos_columns else iter(lambda: (), None)
         kw_rows = zip(*kw_columns) if kw_columns else iter(lambda: (), None)
-        out = []
-        for index, pos, kw in zip(range(self.n_inputs), pos_rows, kw_rows):
-            if skip is None or index not in skip:
-                out.append((index, pos, kw))
-        return out
+        rows = zip(range(self.n_inputs), pos_rows, kw_rows)
+        if not skip:
+            return list(rows)
+        return [row for row in rows if row[0] not in skip]
 
     @property
     def argv(self) -> list[list]:

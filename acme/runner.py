@@ -19,7 +19,7 @@ from .logs import FILE_ONLY, run_logging
 from .state import (STATE_DIR, RunState, StateError, completed_calls, describe_difference,
                     fingerprint, stored_shape)
 from .sinks import InMemorySink, PayloadSink, PickleSink, Stored, stack_in_memory
-from .tasks import WorkerContext, check_sendable
+from .tasks import WorkerContext, check_sendable, pack_outcomes
 
 log = logging.getLogger("acme")
 
@@ -202,20 +202,26 @@ def execute(pmap, backend) -> Any:
         finished = False
         try:
             with _sigterm_interrupts():
-                for outcome in backend.run(context, tasks, timeout=pmap.timeout):
+                for item in backend.run(context, tasks, timeout=pmap.timeout):
+                    indices, results, durations, failed = (
+                        item if isinstance(item, tuple) else pack_outcomes([item]))
                     first_at = first_at or time.perf_counter() - start
-                    longest = max(longest, (outcome.duration, outcome.index))
-                    if outcome.ok:
-                        if isinstance(outcome.value, Stored):
-                            stored[outcome.index] = outcome.value
-                            values[outcome.index] = outcome.value.path
-                            if pmap.single_file:
-                                state.mark_done([outcome.index])
-                            if pmap.resume:
-                                state.clear_failure(outcome.index)
-                        else:
-                            values[outcome.index] = outcome.value
+                    if durations:
+                        longest = max(longest, max(zip(durations, indices)))
+                    if layout is None:
+                        for index, value in zip(indices, results):
+                            values[index] = value
                     else:
+                        for index, note in zip(indices, results):
+                            stored[index] = note
+                            values[index] = note.path
+                        if pmap.single_file and indices:
+                            state.mark_done(indices)
+                        if pmap.resume:
+                            for index in indices:
+                                state.clear_failure(index)
+                    for outcome in failed:
+                        longest = max(longest, (outcome.duration, outcome.index))
                         _report_failure(outcome.failure, func_name, state)
                         errors[outcome.index] = outcome.failure
             finished = True

@@ -121,6 +121,18 @@ def write_pickle_atomic(path: str, value: Any) -> None:
         raise
 
 
+def _pickle_result(path: str, value: Any, index: int, why: str) -> None:
+    """``write_pickle_atomic`` for call ``index``'s return value; a value that cannot
+    be pickled is a TypeError that names the call (disk errors stay OSErrors)."""
+    try:
+        write_pickle_atomic(path, value)
+    except OSError:
+        raise
+    except Exception as exc:
+        raise TypeError(f"the return value of call {index} ({type(value).__name__}) "
+                        f"{why}: {exc}") from exc
+
+
 def _remove_quietly(path: str) -> None:
     try:
         os.remove(path)
@@ -157,7 +169,8 @@ class PayloadSink:
         arrays = hdf5_values(values)
         if arrays is None:
             path = self.layout.fallback_pickle(index)
-            write_pickle_atomic(path, value)
+            _pickle_result(path, value, index, "can be stored neither in HDF5 nor "
+                           "as a pickle")
             return Stored(path, pickled=True)
         path = self.layout.payload(index)
         write_h5_atomic(path, arrays)
@@ -172,7 +185,7 @@ class PickleSink:
 
     def store(self, index: int, value: Any) -> Stored:
         path = self.layout.pickle(index)
-        write_pickle_atomic(path, value)
+        _pickle_result(path, value, index, "cannot be pickled (write_pickle=True)")
         return Stored(path, pickled=True)
 
 
@@ -201,7 +214,8 @@ class SingleFileSink:
         if arrays is None:
             path = self.layout.fallback_pickle(index)
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            write_pickle_atomic(path, value)
+            _pickle_result(path, value, index, "can be stored neither in HDF5 nor "
+                           "as a pickle")
             return Stored(path, pickled=True)
         shape = arrays[0].shape
         first_key = 0

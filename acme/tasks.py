@@ -215,18 +215,28 @@ def _check_sendable(value: Any, what: str) -> None:
     dumps(value, what)
 
 
+def _all_simple(values: Any) -> bool:
+    if isinstance(values, np.ndarray):
+        return not values.dtype.hasobject
+    return all(isinstance(v, _ALWAYS_PICKLES) for v in values)
+
+
 def check_sendable(plan: CallPlan) -> None:
     """Raise a TypeError naming the first argument (and element) of ``plan`` that
     cannot be sent to a worker process, before anything runs."""
     name = getattr(plan.func, "__name__", plan.func)
     dumps(plan.func, f"The function {name!r}")
     for k, arg in enumerate(plan.positional):
+        if arg.varying and _all_simple(arg.value):
+            continue
         if arg.varying:
             for i, value in enumerate(arg.value):
                 _check_sendable(value, f"Element {i} of positional argument {k} of {name}")
         else:
             _check_sendable(arg.value, f"Positional argument {k} of {name}")
     for key, arg in plan.keywords.items():
+        if arg.varying and _all_simple(arg.value):
+            continue
         if arg.varying:
             for i, value in enumerate(arg.value):
                 _check_sendable(value, f"Element {i} of keyword argument {key!r} of {name}")

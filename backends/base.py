@@ -10,8 +10,11 @@ log = logging.getLogger("acme")
 
 __all__ = ["Backend", "BatchSizer"]
 
-#: Aim for batches that keep a worker busy about this long (seconds).
+#: Aim for batches that keep a worker busy about this long (seconds) ...
 BATCH_SECONDS = 0.05
+#: ... and never shorter than this, so the last few batches of very short calls
+#: do not each cost a round trip that is longer than the work they carry.
+MIN_BATCH_SECONDS = 0.002
 
 
 class BatchSizer:
@@ -35,13 +38,20 @@ class BatchSizer:
         self.total += duration
         self.count += 1
 
+    def record_batch(self, batch: tuple) -> None:
+        """Record every call of a packed batch (see acme.tasks.pack_outcomes)."""
+        durations, failed = batch[2], batch[3]
+        self.total += sum(durations) + sum(o.duration for o in failed)
+        self.count += len(durations) + len(failed)
+
     def next_size(self, remaining: int) -> int:
         if self.one_at_a_time or self.count == 0:
             return 1
         fair_share = max(1, remaining // (2 * self.n_workers))
-        per_call = self.total / self.count
-        by_time = max(1, int(self.target_seconds / max(per_call, 1e-6)))
-        return min(fair_share, by_time)
+        per_call = max(self.total / self.count, 1e-7)
+        most = max(1, int(self.target_seconds / per_call))
+        least = max(1, int(MIN_BATCH_SECONDS / per_call))
+        return min(max(fair_share, least), most, remaining)
 
 
 class Backend:
@@ -50,8 +60,10 @@ class Backend:
 
     A backend gets a :class:`~acme.tasks.WorkerContext` (everything that is the
     same for every call, to be sent to each worker once) and the list of calls, and
-    yields one :class:`~acme.tasks.CallOutcome` per call, in any order, as they
-    finish. A call's own exception never escapes ``run``: it is part of the outcome.
+    yields, in any order as they finish, one :class:`~acme.tasks.CallOutcome` per
+    call or packed batches of them (``(indices, values, durations, failed
+    outcomes)``, see :func:`acme.tasks.pack_outcomes`; much cheaper for many short
+    calls). A call's own exception never escapes ``run``: it is part of the outcome.
 
     Subclasses implement :meth:`run`; every other hook has a safe default.
 

@@ -31,7 +31,7 @@ from typing import Iterator, Optional
 
 from acme.errors import CallFailure, CallTimeout, WorkerDied
 from acme.tasks import (HOST, CallOutcome, CallTask, WorkerContext, defined_interactively,
-                        dumps, loads, sendable, unpack_outcomes)
+                        dumps, loads, sendable)
 
 from .base import Backend, BatchSizer
 
@@ -239,9 +239,8 @@ class LocalBackend(Backend):
                                 "a worker process could not load the function and its "
                                 "arguments:\n" + data)
                         worker.batch = None
-                        for outcome in unpack_outcomes(data):
-                            sizer.record(outcome.duration)
-                            yield outcome
+                        sizer.record_batch(data)
+                        yield data
                     elif worker.process.sentinel in ready:
                         yield from lost(worker, worker.death_reason(), WorkerDied)
                     elif timeout is not None and time.monotonic() - worker.sent_at >= timeout:

@@ -29,7 +29,7 @@ from typing import Iterator, Optional
 from acme.errors import CallTimeout
 from acme.sinks import SingleFileSink
 from acme.tasks import (CallOutcome, CallTask, WorkerContext, dumps, loads, pack_outcomes,
-                        sendable, unpack_outcomes)
+                        sendable)
 
 from .base import Backend, BatchSizer
 
@@ -235,9 +235,8 @@ class MPIBackend(Backend):
                 message, rank = _receive(comm, -1, TAG_TO_MASTER, max_delay=0.001)
                 in_flight[rank].popleft()
                 kind, batch = pickle.loads(message)
-                for outcome in unpack_outcomes(batch):
-                    sizer.record(outcome.duration)
-                    yield outcome
+                sizer.record_batch(batch)
+                yield batch
         except BaseException:
             held = {rank: [t[0] for batch in batches for t in batch]
                     for rank, batches in in_flight.items() if batches}
