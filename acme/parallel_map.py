@@ -194,13 +194,12 @@ class ParallelMap:
 
     @staticmethod
     def _check_backend(backend: Any) -> str:
-        from .backends import registered_backends
-        names = registered_backends()
+        from .backends import is_registered, registered_backends
         if not isinstance(backend, str):
-            raise TypeError(f"`backend` has to be 'auto' or one of {names}, "
+            raise TypeError(f"`backend` has to be 'auto' or one of {registered_backends()}, "
                             f"not {type(backend).__name__} {backend!r}")
-        if backend != "auto" and backend not in names:
-            raise ValueError(f"`backend` has to be 'auto' or one of {names}, "
+        if backend != "auto" and not is_registered(backend):
+            raise ValueError(f"`backend` has to be 'auto' or one of {registered_backends()}, "
                              f"not {backend!r}")
         return backend
 

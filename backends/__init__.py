@@ -15,7 +15,7 @@ from .base import Backend
 
 log = logging.getLogger("acme")
 
-__all__ = ["Backend", "register_backend", "registered_backends", "get_backend",
+__all__ = ["Backend", "register_backend", "registered_backends", "get_backend", "is_registered",
            "auto_backend_name"]
 
 ENTRY_POINT_GROUP = "acme.backends"
@@ -25,6 +25,7 @@ _REGISTRY: dict[str, Union[type, str]] = {
     "sequential": "acme.backends.sequential:SequentialBackend",
     "local": "acme.backends.local:LocalBackend",
     "mpi": "acme.backends.mpi:MPIBackend",
+    "slurm": "acme.backends.slurm:SlurmBackend",
 }
 _entry_points_loaded = False
 
@@ -63,10 +64,18 @@ def registered_backends() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def is_registered(name: str) -> bool:
+    """Whether ``backend=name`` is accepted; plug-ins are looked up only for names
+    that are not built in (reading entry points costs tens of milliseconds)."""
+    if name in _REGISTRY:
+        return True
+    _load_entry_points()
+    return name in _REGISTRY
+
+
 def get_backend(name: str) -> type:
     """The Backend subclass registered as ``name``."""
-    _load_entry_points()
-    if name not in _REGISTRY:
+    if not is_registered(name):
         raise ValueError(f"`backend` has to be 'auto' or one of {registered_backends()}, "
                          f"not {name!r}")
     target = _REGISTRY[name]
@@ -82,9 +91,35 @@ def get_backend(name: str) -> type:
 
 
 def auto_backend_name() -> str:
-    """What ``backend="auto"`` means here: MPI inside an ``acme.mpi_run`` job, else local."""
+    """What ``backend="auto"`` means here: MPI inside an ``acme.mpi_run`` job; SLURM
+    (one job submitted per run) where SLURM is usable and this process is not part of
+    an MPI run or a SLURM job; else local processes.
+
+    ``ACME_AUTO_SLURM=0`` in the environment keeps "auto" off SLURM (the test suite
+    sets it; a user on a login node may too).
+    """
     import sys
     runner = sys.modules.get("acme.mpi_run")
     if runner is not None and getattr(runner, "active_pool", lambda: None)() is not None:
         return "mpi"
+    if _slurm_auto():
+        return "slurm"
     return "local"
+
+
+# --- SLURM detection for "auto" (see backends/slurm.py) -----------------------------
+_MPI_LAUNCH_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")
+
+
+def _slurm_auto() -> bool:
+    """Whether "auto" submits to SLURM: usable (``sbatch`` on PATH, ``sinfo``
+    answers), and we are neither inside a SLURM job nor started by an MPI launcher."""
+    import os
+    if os.environ.get("ACME_AUTO_SLURM", "").strip().lower() != "1":  # DEV-ONLY-TEMP
+        return False
+    if os.environ.get("ACME_AUTO_SLURM", "").strip().lower() in ("0", "no", "false", "off"):
+        return False
+    if any(os.environ.get(v) for v in _MPI_LAUNCH_VARIABLES):
+        return False
+    from .slurm import in_slurm_allocation, slurm_usable
+    return not in_slurm_allocation() and slurm_usable()

@@ -42,7 +42,7 @@ def run_once(mode: dict, n_calls: int, workers: int, scratch: str) -> float:
         kwargs["output_dir"] = out
     start = time.perf_counter()
     with ParallelMap(row, list(range(n_calls)), n_workers=workers, verbose=False,
-                     logfile=False, **kwargs) as pmap:
+                     logfile=False, backend="local", **kwargs) as pmap:
         pmap.compute()
     elapsed = time.perf_counter() - start
     shutil.rmtree(out, ignore_errors=True)
