@@ -16,6 +16,7 @@ from .dryrun import ask_to_continue, dry_run
 from .errors import CallFailure, ParallelMapError, failure_report
 from .layout import OutputLayout, default_output_dir, file_stem
 from .logs import FILE_ONLY, run_logging
+from .progress import Progress
 from .state import (STATE_DIR, RunState, StateError, completed_calls, describe_difference,
                     fingerprint, stored_shape)
 from .sinks import InMemorySink, PayloadSink, PickleSink, Stored, stack_in_memory
@@ -200,6 +201,7 @@ def execute(pmap, backend) -> Any:
         errors: dict[int, CallFailure] = {}
         longest = (0.0, -1)
         finished = False
+        progress = Progress(pmap.n_inputs, func_name, pmap.verbose, already_done=len(done))
         try:
             with _sigterm_interrupts():
                 for item in backend.run(context, tasks, timeout=pmap.timeout):
@@ -224,8 +226,10 @@ def execute(pmap, backend) -> Any:
                         longest = max(longest, (outcome.duration, outcome.index))
                         _report_failure(outcome.failure, func_name, state)
                         errors[outcome.index] = outcome.failure
+                    progress.update(len(indices), len(failed))
             finished = True
         finally:
+            progress.close()
             elapsed = time.perf_counter() - start
             pmap.stats = dict(backend.stats, seconds=elapsed,
                               first_result_seconds=first_at, resumed=len(done),
