@@ -15,13 +15,14 @@ The submitting process (:mod:`acme.backends.slurm`) leaves in ``JOBDIR``:
 Rank 0 loads them and runs the calls on ranks 1..N-1 with the MPI scheduler of
 :mod:`acme.backends.mpi` (an :class:`~acme.backends.mpi.MPIPool`, as
 :mod:`acme.mpi_run` uses). Every outcome is appended to ``JOBDIR/outcomes.bin`` the
-moment it arrives, so the submitting process shows progress and hands results on
-while the job runs. Results on disk are written by the worker ranks themselves;
+moment it arrives (as the packed batches the MPI scheduler yields), so the
+submitting process shows progress and hands results on while the job runs. Results on disk are written by the worker ranks themselves;
 in-memory results travel back in that file.
 
 ``outcomes.bin`` is a sequence of records, each an 8-byte little-endian length and
-that many bytes of pickle: ``("start", info)``, ``("outcome", CallOutcome)`` (one per
-call), then ``("done", stats)`` or ``("error", text)``. Each record is written with one
+that many bytes of pickle: ``("start", info)``, ``("batch", (indices, values,
+durations, failed outcomes))`` (see :func:`acme.tasks.pack_outcomes`; every call is in
+exactly one batch), then ``("done", stats)`` or ``("error", text)``. Each record is written with one
 ``write`` on a file opened for appending, so a reader sees whole records or a tail it
 has to wait for (never a mixture of two records).
 
@@ -70,18 +71,11 @@ class RecordWriter:
     def write(self, kind: str, payload: Any) -> None:
         try:
             data = pickle.dumps((kind, payload), protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:  # an outcome rank 0 cannot pickle again: report it
-            if kind != "outcome":
+        except Exception:  # a value rank 0 cannot pickle again fails its call only
+            if kind != "batch":
                 raise
-            from .errors import CallFailure
-            from .tasks import HOST, CallOutcome
-            error = TypeError(f"the return value of call {payload.index} cannot be sent "
-                              f"back to the submitting process (pickling failed: {exc})")
-            failure = CallFailure(payload.index, error, "", HOST, os.getpid(), 0,
-                                  payload.duration)
-            data = pickle.dumps((kind, CallOutcome(payload.index, None, failure,
-                                                   payload.duration)),
-                                protocol=pickle.HIGHEST_PROTOCOL)
+            from .tasks import sendable
+            data = pickle.dumps((kind, sendable(payload)), protocol=pickle.HIGHEST_PROTOCOL)
         record = _HEADER.pack(len(data)) + data
         written = 0
         while written < len(record):  # one write for anything but huge records
@@ -147,7 +141,7 @@ def _run_rank0(comm, jobdir: str, job: dict) -> None:
     import time
 
     from .backends.mpi import MPIBackend, MPIPool
-    from .tasks import loads
+    from .tasks import loads, pack_outcomes
 
     class JobBackend(MPIBackend):
         """The MPI scheduler on this job's pool (not acme.mpi_run's global one)."""
@@ -172,15 +166,17 @@ def _run_rank0(comm, jobdir: str, job: dict) -> None:
                                "pid": os.getpid(), "calls": len(tasks),
                                "job_id": os.environ.get("SLURM_JOB_ID")})
         backend = JobBackend(pool, n_workers)
-        for outcome in backend.run(context, tasks, timeout=job.get("timeout")):
-            writer.write("outcome", outcome)
+        for item in backend.run(context, tasks, timeout=job.get("timeout")):
+            # one CallOutcome or a packed batch of them: always written packed
+            writer.write("batch", item if isinstance(item, tuple) else pack_outcomes([item]))
         writer.write("done", dict(backend.stats, job_seconds=time.time() - started))
     except BaseException as exc:
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         try:
             writer.write("error", text)
-        finally:
-            raise
+        except Exception:  # the exception itself matters more
+            pass
+        raise
     finally:
         writer.close()
         pool.shutdown()

@@ -115,8 +115,6 @@ def _slurm_auto() -> bool:
     """Whether "auto" submits to SLURM: usable (``sbatch`` on PATH, ``sinfo``
     answers), and we are neither inside a SLURM job nor started by an MPI launcher."""
     import os
-    if os.environ.get("ACME_AUTO_SLURM", "").strip().lower() != "1":  # DEV-ONLY-TEMP
-        return False
     if os.environ.get("ACME_AUTO_SLURM", "").strip().lower() in ("0", "no", "false", "off"):
         return False
     if any(os.environ.get(v) for v in _MPI_LAUNCH_VARIABLES):

@@ -30,6 +30,12 @@ REQUIRE_INFRA_ENV = "ACME_REQUIRE_INFRA"
 #: The directory holding the tests (scripts run by tests import helpers from here).
 TESTS_DIR = Path(__file__).resolve().parent
 
+# backend="auto" submits SLURM jobs where SLURM is usable (as on a login node), and the
+# test cluster runs during the tests: keep "auto" local here and in every script the
+# tests start (tests/test_slurm.py asks for SLURM explicitly). Export ACME_AUTO_SLURM=1
+# to run the whole suite's "auto" maps through SLURM instead.
+os.environ.setdefault("ACME_AUTO_SLURM", "0")
+
 
 def infra_required() -> bool:
     """True when CI asked that missing infrastructure fails instead of skipping."""
