@@ -217,7 +217,10 @@ class MPIBackend(Backend):
         pending = deque(tasks)
         # Each worker holds up to PREFETCH batches, so the next one is already queued
         # when it finishes a call and no round trip is spent waiting for work.
+        # Rank 0 sends without blocking (isend): a blocking send of a large batch
+        # while that worker blocks sending its large results would deadlock.
         in_flight: dict[int, deque] = {rank: deque() for rank in workers}
+        sends: list = []
         sizer = BatchSizer(len(workers) * PREFETCH, one_at_a_time=timeout is not None)
         try:
             while pending or any(in_flight.values()):
@@ -228,10 +231,12 @@ class MPIBackend(Backend):
                             batch = [pending.popleft()
                                      for _ in range(min(size, len(pending)))]
                             data = pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
-                            comm.send(("tasks", data), dest=rank, tag=TAG_TO_WORKER)
+                            sends.append(comm.isend(("tasks", data), dest=rank,
+                                                    tag=TAG_TO_WORKER))
                             self.stats["bytes_to_workers"] += len(data)
                             self.stats["messages_to_workers"] += 1
                             in_flight[rank].append(batch)
+                sends = [request for request in sends if not request.Test()]
                 message, rank = _receive(comm, -1, TAG_TO_MASTER, max_delay=0.001)
                 in_flight[rank].popleft()
                 kind, batch = pickle.loads(message)
@@ -245,6 +250,8 @@ class MPIBackend(Backend):
                       sorted(i for calls in held.values() for i in calls),
                       sorted(held), len(pending))
             raise
+        for request in sends:
+            request.wait()
         for rank in pool.workers:
             comm.send(("end",), dest=rank, tag=TAG_TO_WORKER)
         if hasattr(sink, "collective_close"):
