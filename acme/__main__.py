@@ -4,7 +4,7 @@
     python -m acme errors DIR     full tracebacks of the failed calls
     python -m acme show DIR       the container's datasets, shapes and dtypes
 
-Exit codes: 0 all calls done (status) / no failures (errors) / shown (show);
+Exit codes: 0 all calls done (status) / no failures (errors) / nothing missing (show);
 1 some calls failed or are missing; 2 bad usage or not an acme output folder.
 """
 from __future__ import annotations
@@ -123,10 +123,13 @@ def cmd_show(args) -> int:
     from .readers import find_container
     try:
         container = find_container(args.folder)
-    except FileNotFoundError as exc:
-        raise NotARun(str(exc)) from None
+        h5f = h5py.File(container, "r")
+    except (FileNotFoundError, OSError) as exc:
+        raise NotARun(f"{args.folder} is not an acme output folder or container: "
+                      f"{exc}") from None
     print(container)
-    with h5py.File(container, "r") as h5f:
+    missing_files = 0
+    with h5f:
         for key, value in h5f.attrs.items():
             if key.startswith("acme_") and key != "acme_missing_calls":
                 print(f"  @{key} = {value}")
@@ -143,6 +146,7 @@ def cmd_show(args) -> int:
                 obj = h5f[name]
             except KeyError:
                 print(f"  {name}{target}: MISSING (the file is gone or unreadable)")
+                missing_files += 1
                 continue
             if isinstance(obj, h5py.Dataset):
                 virtual = " (virtual)" if obj.is_virtual else ""
@@ -154,7 +158,7 @@ def cmd_show(args) -> int:
             shown += 1
         if shown > args.limit:
             print(f"  ... and {shown - args.limit} more calls (--limit to show more)")
-    return EXIT_OK
+    return EXIT_INCOMPLETE if missing_files or missing else EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -188,6 +192,9 @@ def main(argv: Optional[list] = None) -> int:
     except NotARun as exc:
         print(f"acme {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # e.g. `acme show DIR | head`
+        sys.stderr.close()
+        return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -103,16 +103,52 @@ def remove_stale_temporaries(*folders: str) -> list:
     return removed
 
 
+def _unreported_payloads(layout: OutputLayout, n_calls: int, spec: Optional[ResultSpec],
+                         stored: dict[int, Stored]) -> dict[int, Stored]:
+    """Payload files on disk that ``stored`` does not know about: a worker that wrote
+    its file just before the run was stopped never got to report it. (Files appear
+    complete or not at all, so every one found is a finished call.)"""
+    import h5py
+    pattern = re.compile(rf"^{re.escape(layout.stem)}_(\d+)\.h5$")
+    found = {}
+    try:
+        names = os.listdir(layout.payload_dir)
+    except OSError:
+        return found
+    for name in names:
+        match = pattern.match(name)
+        if not match or int(match.group(1)) >= n_calls or int(match.group(1)) in stored:
+            continue
+        path = os.path.join(layout.payload_dir, name)
+        shape = None
+        if spec is not None:
+            try:
+                with h5py.File(path, "r") as h5f:
+                    shape = h5f["result_0"].shape
+            except (OSError, KeyError):
+                continue
+            if not spec.matches(shape) and shape != (1,):
+                continue
+        found[int(match.group(1))] = Stored(path, shape=shape)
+    return found
+
+
 def build_container(layout: OutputLayout, n_calls: int, spec: Optional[ResultSpec],
                     stored: dict[int, Stored]) -> str:
     """Write ``f.h5``: ``comp_{i}`` external links to every HDF5 payload and, with
     ``result_shape``, a virtual dataset ``result_0`` stacking them.
 
     Source paths are relative to the container so the folder can be moved.
-    Half-written files of workers that were stopped are removed first.
+    Half-written files of workers that were stopped are removed first; payloads
+    whose calls finished but were not reported (the run was stopped) are linked too.
     """
     import h5py
     remove_stale_temporaries(layout.payload_dir, layout.output_dir)
+    extra = _unreported_payloads(layout, n_calls, spec, stored)
+    if extra:
+        log.info("linking %d result file(s) of calls that finished as the run was "
+                 "stopped: %s", len(extra), sorted(extra))
+        stored = {**stored, **extra}
     h5_calls = sorted(i for i, s in stored.items() if not s.pickled)
     tmp = _temporary_name(layout.container)
     try:

@@ -62,5 +62,8 @@ def run_logging(verbose: Optional[bool], logfile: Optional[str]) -> Iterator[Non
     finally:
         for handler in handlers:
             log.removeHandler(handler)
-            handler.close()
+            try:
+                handler.close()
+            except OSError:  # a full disk must not hide the run's own outcome
+                pass
         log.setLevel(old_level)

@@ -8,7 +8,7 @@ from typing import Any, Callable, Optional, Union
 
 from . import validation as check
 from .inputs import CallPlan, prepare_input as _prepare_input
-from .result_spec import ResultSpec
+from .result_spec import ResultSpec, parse_dtype
 from .runner import check_output_dir, execute
 from .tasks import dumps
 
@@ -76,10 +76,15 @@ class ParallelMap:
     logfile : bool, str or None
         None: a log file in the output folder when results go to disk; True/False
         force/suppress it; a string names the file.
-    backend : str
-        Where calls run: "auto" (default; MPI inside ``python -m acme.mpi_run``,
-        local processes otherwise), "local", "sequential" (in this process, for
-        debugging), or any registered backend (:func:`acme.backends.registered_backends`).
+    backend : str or worker pool
+        Where calls run: "auto" (default): MPI inside ``python -m acme.mpi_run``;
+        else the running pool of :func:`acme.local_cluster_setup` /
+        :func:`acme.slurm_cluster_setup` if there is one; else one SLURM job per
+        run where SLURM is usable and this process is not inside a job
+        (``ACME_AUTO_SLURM=0`` turns that off); else local processes. Or a name:
+        "local", "sequential" (in this process, for debugging), "mpi", "slurm", any
+        registered plug-in (:func:`acme.backends.registered_backends`); or a pool
+        handle returned by one of the ``*_cluster_setup`` functions.
     timeout : float or None
         Seconds one call may run; a call that runs longer is stopped and recorded as
         failed. Not a parameter of esi-acme.
@@ -171,16 +176,12 @@ class ParallelMap:
         self.results_container: Optional[str] = None
         self.stats: dict = {}
         self._backend = None
+        self._user_pool = None
 
     # ----------------------------------------------------------------- checks
     def _check_result_shape(self, result_shape: Any, result_dtype: Any) -> Optional[ResultSpec]:
         if result_shape is None:
-            try:
-                import numpy as np
-                np.dtype(result_dtype)
-            except TypeError:
-                raise TypeError(f"`result_dtype` has to be a numpy data type such as "
-                                f"'float' or 'int32', not {result_dtype!r}") from None
+            parse_dtype(result_dtype)
             return None
         spec = ResultSpec(result_shape, result_dtype)
         if spec.has_inf and self.single_file and getattr(self, "resume", False):
@@ -195,6 +196,8 @@ class ParallelMap:
     @staticmethod
     def _check_backend(backend: Any) -> str:
         from .backends import is_registered, registered_backends
+        if hasattr(backend, "backend_name") and hasattr(backend, "close"):
+            return backend  # a running worker pool (acme.local_cluster_setup, ...)
         if not isinstance(backend, str):
             raise TypeError(f"`backend` has to be 'auto' or one of {registered_backends()}, "
                             f"not {type(backend).__name__} {backend!r}")
@@ -244,20 +247,42 @@ class ParallelMap:
         self.cleanup()
 
     def cleanup(self) -> None:
-        """Stop the workers this map started (when ``stop_client`` allows)."""
+        """Stop worker pools as ``stop_client`` says: "auto" stops only pools this map
+        started, True also a pool the user started, False none."""
+        from .clusters import cluster_cleanup
+        if self._user_pool is not None and self.stop_client is True:
+            cluster_cleanup(self._user_pool)
+        self._user_pool = None
         if self._backend is not None and self.stop_client is not False:
             self._backend.close()
-            self._backend = None
+        self._backend = None
 
     # --------------------------------------------------------------- running
     def _make_backend(self):
         from .backends import auto_backend_name, get_backend
-        name = auto_backend_name() if self.backend_name == "auto" else self.backend_name
-        cls = get_backend(name)
+        from .clusters import _register, current_pool
         n_workers = None if self.n_workers == "auto" else self.n_workers
-        return cls(n_workers=n_workers, partition=self.partition,
-                   mem_per_worker=self.mem_per_worker, setup_timeout=self.setup_timeout,
-                   setup_interactive=self.setup_interactive, stop_client=self.stop_client)
+        options = dict(partition=self.partition, mem_per_worker=self.mem_per_worker,
+                       setup_timeout=self.setup_timeout,
+                       setup_interactive=self.setup_interactive,
+                       stop_client=self.stop_client)
+        pool = None if isinstance(self.backend_name, str) else self.backend_name
+        name = pool.backend_name if pool is not None else self.backend_name
+        if name == "auto":
+            name = auto_backend_name()
+            if name != "mpi":
+                pool = current_pool()  # a pool the user started runs the map
+                name = pool.backend_name if pool is not None else name
+        if pool is not None:
+            self._user_pool = pool
+            return get_backend(name)(n_workers=n_workers, pool=pool, **options)
+        if name == "local" and self.stop_client is False:
+            # stop_client=False: the workers this map starts stay up for later maps
+            from .backends.local import LocalPool, usable_cores
+            own = _register(LocalPool(n_workers or usable_cores(),
+                                      self.setup_timeout or 60.0))
+            return get_backend(name)(n_workers=n_workers, pool=own, **options)
+        return get_backend(name)(n_workers=n_workers, **options)
 
     def compute(self) -> Union[list, Any]:
         """Run every call and return the results.

@@ -127,14 +127,15 @@ def load_stacked(path: str, name: str = "result_0") -> np.ndarray:
         missing = []
         for vmap in dset.virtual_sources():
             source = os.path.join(folder, vmap.file_name)
-            sel = vmap.vspace.get_regular_hyperslab()
             try:
                 with h5py.File(source, "r") as src:
                     data = src[vmap.dset_name][()]
             except (OSError, KeyError):
                 missing.append(source)
                 continue
-            start, _, _, block = sel
+            if out.size == 0:  # zero-length results: nothing to place, only to check
+                continue
+            start, _, _, block = vmap.vspace.get_regular_hyperslab()
             index = tuple(slice(s, s + b) for s, b in zip(start, block))
             out[index] = data.reshape(out[index].shape)
         n_missing = list(h5f.attrs.get("acme_missing_calls", []))

@@ -14,12 +14,26 @@ class ResultShapeError(ValueError):
 
 
 def _is_inf(entry: Any) -> bool:
-    return isinstance(entry, numbers.Real) and not isinstance(entry, bool) and np.isinf(entry)
+    return (isinstance(entry, float) or isinstance(entry, np.floating)) and bool(np.isinf(entry))
 
 
 def first_value(value: Any) -> Any:
     """The value that ``result_shape`` describes: the first of several return values."""
     return value[0] if isinstance(value, tuple) else value
+
+
+def parse_dtype(dtype: Any) -> np.dtype:
+    """``result_dtype`` as a numpy dtype that HDF5 and stacked arrays can hold."""
+    try:
+        parsed = np.dtype(dtype)
+    except Exception as exc:  # numpy raises TypeError, ValueError, even SyntaxError
+        raise TypeError(f"`result_dtype` has to be a numpy data type such as 'float' "
+                        f"or 'int32', not {dtype!r} ({exc})") from None
+    if parsed.hasobject or parsed.kind in "UMm":
+        raise TypeError(f"`result_dtype` {dtype!r} ({parsed}) cannot be stored in HDF5 "
+                        "as a stacked dataset; use a numeric type, bool or fixed-size "
+                        "bytes ('S10')")
+    return parsed
 
 
 class ResultSpec:
@@ -52,20 +66,13 @@ class ResultSpec:
                 raise ValueError(
                     f"`result_shape` may only hold None, non-negative integers and "
                     f"np.inf, got {entry!r} in {shape!r}")
-            if entry < 0 or int(entry) != entry:
+            if entry != entry or entry < 0 or int(entry) != entry or entry >= 2 ** 63:
                 raise ValueError(
                     f"`result_shape` may only hold None, non-negative integers and "
                     f"np.inf, got {entry!r} in {shape!r}")
         if sum(_is_inf(entry) for entry in shape) > 1:
             raise ValueError(f"`result_shape` may hold at most one np.inf, got {shape!r}")
-        try:
-            self.dtype = np.dtype(dtype)
-        except TypeError as exc:
-            raise TypeError(f"`result_dtype` has to be a numpy data type such as "
-                            f"'float' or 'int32', not {dtype!r} ({exc})") from None
-        if self.dtype.hasobject:
-            raise TypeError(f"`result_dtype` {dtype!r} holds Python objects; HDF5 and "
-                            "stacked arrays need a numeric or fixed-size type")
+        self.dtype = parse_dtype(dtype)
         self.shape = tuple(None if e is None else (np.inf if _is_inf(e) else int(e))
                            for e in shape)
         self.stack_axis = self.shape.index(None)

@@ -218,7 +218,10 @@ def execute(pmap, backend) -> Any:
                             stored[index] = note
                             values[index] = note.path
                         if pmap.single_file and indices:
-                            state.mark_done(indices)
+                            try:
+                                state.mark_done(indices)
+                            except OSError as exc:
+                                log.warning("could not record finished calls: %s", exc)
                         if pmap.resume:
                             for index in indices:
                                 state.clear_failure(index)
@@ -235,7 +238,13 @@ def execute(pmap, backend) -> Any:
                               first_result_seconds=first_at, resumed=len(done),
                               ran=len(tasks))
             if layout is not None:
-                _finish_files(pmap, layout, stored, raw_rows)
+                try:
+                    _finish_files(pmap, layout, stored, raw_rows)
+                except OSError as exc:  # e.g. disk full: keep the calls' own errors
+                    log.error("could not write the results container in %s: %s",
+                              layout.output_dir, exc)
+                    if finished and not errors:
+                        raise
             if not finished:
                 missing = pmap.n_inputs - len(stored) - len(errors)
                 log.error("the run was interrupted after %.2f s: %d calls have results, "
@@ -269,4 +278,8 @@ def _report_failure(failure: CallFailure, func_name: str,
     log.error("traceback of call %d:\n%s", failure.index,
               failure.traceback_text.rstrip(), extra=FILE_ONLY)
     if state is not None:
-        state.record_failure(failure)
+        try:
+            state.record_failure(failure)
+        except OSError as exc:  # e.g. a full disk: the run goes on, the log says so
+            log.warning("could not record the failure of call %d in %s: %s",
+                        failure.index, state.failures_dir, exc)

@@ -93,6 +93,8 @@ def check_path(value: Any, name: str) -> Optional[str]:
         path = os.fsdecode(path)
     if not path.strip():
         raise ValueError(f"`{name}` has to be a non-empty path, not {value!r}")
+    if "\x00" in path:
+        raise ValueError(f"`{name}` has to be a path without NUL characters, not {value!r}")
     return path
 
 

@@ -4,7 +4,9 @@ Why not ``ProcessPoolExecutor``: one crashing call breaks its whole pool, it can
 stop a single call that runs too long, and it re-sends constant arguments with every
 task. Here each worker is a process with its own pipe:
 
-* the worker context (function + constant arguments) goes down each pipe once;
+* per map, the worker context (function + constant arguments) goes down each pipe
+  once; a :class:`LocalPool` keeps its workers between maps, so ten maps in a
+  notebook start processes once;
 * calls go out in batches sized from measured call durations (short calls travel
   many per message, long ones one by one, batches shrink towards the end so the
   workers finish together);
@@ -17,6 +19,7 @@ task. Here each worker is a process with its own pipe:
 """
 from __future__ import annotations
 
+import ctypes  # loaded here once, so forked workers do not each import it
 import logging
 import multiprocessing
 import os
@@ -37,7 +40,8 @@ from .base import Backend, BatchSizer
 
 log = logging.getLogger("acme")
 
-__all__ = ["LocalBackend"]
+__all__ = ["LocalBackend", "LocalPool", "usable_cores"]
+
 
 def usable_cores() -> int:
     """Cores this process may run on (respects taskset/cgroup CPU affinity)."""
@@ -59,7 +63,6 @@ def _start_method() -> str:
 def _die_with_parent() -> None:
     """Ask Linux to kill this worker if the scheduler process dies (even by SIGKILL)."""
     try:
-        import ctypes
         libc = ctypes.CDLL(None, use_errno=True)
         PR_SET_PDEATHSIG = 1
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -67,24 +70,34 @@ def _die_with_parent() -> None:
         pass
 
 
-def _worker_main(conn, payload_size: int) -> None:
-    """Body of a worker process: receive the context once, then serve batches."""
+def _worker_main(conn) -> None:
+    """Body of a worker process: for each map, load its context, then serve batches.
+
+    Messages in: ``("context", payload)``, ``("tasks", pickled batch)``, ``None``
+    (stop). Out: ``("ready", pid)`` once, ``("outcomes", packed batch)`` per batch,
+    ``("init-error", text)`` when a context cannot be loaded.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the scheduler handles Ctrl-C
     _die_with_parent()
-    try:
-        context = loads(conn.recv_bytes())
-    except BaseException as exc:  # noqa: BLE001 - report anything, then exit
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        conn.send(("init-error", text))
-        return
+    conn.send(("ready", os.getpid()))
+    context = None
     while True:
         try:
-            tasks = conn.recv()
+            message = conn.recv()
         except (EOFError, OSError):  # scheduler gone: stop quietly
             return
-        if tasks is None:
+        if message is None:
             return
-        batch = context.run_batch(tasks)
+        kind, data = message
+        if kind == "context":
+            try:
+                context = loads(data)
+            except BaseException as exc:  # noqa: BLE001 - report anything
+                text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+                conn.send(("init-error", text))
+                context = None
+            continue
+        batch = context.run_batch(pickle.loads(data))
         try:
             conn.send(("outcomes", batch))
         except Exception:  # a value that does not pickle fails its own call only
@@ -92,14 +105,15 @@ def _worker_main(conn, payload_size: int) -> None:
 
 
 class _Worker:
-    def __init__(self, ctx, payload: bytes, number: int):
+    def __init__(self, ctx, number: int):
         parent_conn, child_conn = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(target=_worker_main, args=(child_conn, len(payload)),
+        self.process = ctx.Process(target=_worker_main, args=(child_conn,),
                                    name=f"acme-worker-{number}")
         self.process.start()
         child_conn.close()
         self.conn = parent_conn
-        self.conn.send_bytes(payload)
+        self.ready = False
+        self.context_id: Optional[int] = None
         self.batch: Optional[list] = None
         self.sent_at = 0.0
 
@@ -107,9 +121,15 @@ class _Worker:
     def busy(self) -> bool:
         return self.batch is not None
 
+    def load(self, payload: bytes, context_id: int) -> int:
+        data = pickle.dumps(("context", payload), protocol=pickle.HIGHEST_PROTOCOL)
+        self.conn.send_bytes(data)
+        self.context_id = context_id
+        return len(payload)
+
     def send(self, batch: list) -> int:
         data = pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
-        self.conn.send_bytes(data)
+        self.conn.send(("tasks", data))
         self.batch = batch
         self.sent_at = time.monotonic()
         return len(data)
@@ -127,30 +147,144 @@ class _Worker:
             return f"worker died (signal {-code}, {name})"
         return f"worker died (exit code {code})"
 
-    def stop(self, graceful: bool) -> None:
-        if graceful and self.process.is_alive():
+    def stop(self) -> None:
+        """Ask an idle worker to exit."""
+        if self.process.is_alive():
             try:
                 self.conn.send(None)
             except (OSError, ValueError):
                 pass
-        else:
-            self.kill()
 
     def kill(self) -> None:
         if self.process.is_alive():
             self.process.kill()
         self.process.join(timeout=5.0)
-        self.conn.close()
+        try:
+            self.conn.close()
+        except OSError:
+            pass
+
+
+class LocalPool:
+    """Worker processes on this machine that outlive one map.
+
+    Made by :func:`acme.local_cluster_setup`; stopped by :func:`acme.cluster_cleanup`.
+
+    Parameters
+    ----------
+    n_workers : int
+        Number of worker processes.
+    setup_timeout : float
+        Seconds to wait for every worker to report that it is up.
+    """
+
+    #: the registry name of the backend that runs maps on this pool
+    backend_name = "local"
+
+    def __init__(self, n_workers: int, setup_timeout: float = 60.0):
+        self.mp = multiprocessing.get_context(_start_method())
+        self.n_workers = n_workers
+        self.workers: list[_Worker] = []
+        self.started = 0
+        self.closed = False
+        for _ in range(n_workers):
+            self.add_worker()
+        self.wait_ready(setup_timeout)
+
+    @property
+    def start_method(self) -> str:
+        return self.mp.get_start_method()
+
+    def add_worker(self) -> _Worker:
+        worker = _Worker(self.mp, self.started)
+        self.started += 1
+        self.workers.append(worker)
+        return worker
+
+    def wait_ready(self, timeout: float) -> None:
+        """Wait until the workers said they are up; drop those that did not."""
+        deadline = time.monotonic() + timeout
+        waiting = [w for w in self.workers if not w.ready]
+        while waiting and time.monotonic() < deadline:
+            ready = wait([w.conn for w in waiting] + [w.process.sentinel for w in waiting],
+                         timeout=max(0.0, deadline - time.monotonic()))
+            for worker in waiting:
+                if worker.conn in ready:
+                    try:
+                        kind, _ = worker.conn.recv()
+                        worker.ready = kind == "ready"
+                    except (EOFError, OSError):
+                        pass
+            waiting = [w for w in waiting if not w.ready and w.process.is_alive()]
+        for worker in [w for w in self.workers if not w.ready]:
+            log.warning("worker process %s did not come up within %.0f s",
+                        worker.process.pid, timeout)
+            self.remove(worker)
+
+    def remove(self, worker: _Worker) -> None:
+        worker.kill()
+        if worker in self.workers:
+            self.workers.remove(worker)
+
+    def alive(self) -> list:
+        return [w for w in self.workers if w.process.is_alive()]
+
+    def check(self) -> None:
+        """Raise a clear error when the pool cannot take work."""
+        if self.closed:
+            raise RuntimeError("this worker pool was stopped (cluster_cleanup); start a "
+                               "new one with acme.local_cluster_setup()")
+        dead = [w for w in self.workers if not w.process.is_alive()]
+        for worker in dead:
+            log.warning("a worker of the pool has died (%s); it is replaced",
+                        worker.death_reason())
+            self.remove(worker)
+        if not self.workers:
+            raise RuntimeError("the worker pool has no live workers (they died or never "
+                               "came up); stop it with acme.cluster_cleanup() and start "
+                               "a new one")
+        while len(self.workers) < self.n_workers:
+            self.add_worker()
+        self.wait_ready(10.0)
+
+    def close(self) -> None:
+        """Stop every worker: politely when idle, by force after two seconds."""
+        if self.closed:
+            return
+        self.closed = True
+        for worker in self.workers:
+            if worker.busy:
+                worker.kill()
+            else:
+                worker.stop()
+        deadline = time.monotonic() + 2.0
+        for worker in self.workers:
+            worker.process.join(timeout=max(0.0, deadline - time.monotonic()))
+            worker.kill()
+        self.workers = []
+
+    def __repr__(self) -> str:
+        state = "stopped" if self.closed else f"{len(self.alive())} live workers"
+        return f"<acme LocalPool: {state}, start method {self.start_method}>"
 
 
 class LocalBackend(Backend):
     """Calls run in worker processes on this machine.
 
-    ``n_workers="auto"`` means the number of cores this process may use.
+    ``n_workers="auto"`` means the number of cores this process may use. With a
+    ``pool`` (a :class:`LocalPool`) the map runs on its workers and leaves them
+    running; otherwise the backend starts workers for the map and stops them after.
     Set ``ACME_START_METHOD`` (fork/spawn/forkserver) to choose how workers start.
     """
 
     name = "local"
+
+    def __init__(self, n_workers: Optional[int] = None, pool: Optional[LocalPool] = None,
+                 **options):
+        if pool is not None and n_workers is None:
+            n_workers = pool.n_workers
+        super().__init__(n_workers, **options)
+        self.pool = pool
 
     @classmethod
     def default_workers(cls) -> int:
@@ -158,30 +292,38 @@ class LocalBackend(Backend):
 
     def run(self, context: WorkerContext, tasks: list[CallTask],
             timeout: Optional[float] = None) -> Iterator[CallOutcome]:
-        mp = multiprocessing.get_context(_start_method())
+        own_pool = self.pool is None
+        if own_pool:
+            pool = LocalPool(max(1, min(self.n_workers, len(tasks))),
+                             self.options.get("setup_timeout") or 60.0)
+        else:
+            pool = self.pool
+            pool.check()
+        try:
+            yield from self._run_on(pool, context, tasks, timeout)
+        finally:
+            if own_pool:
+                pool.close()
+
+    def _run_on(self, pool: LocalPool, context: WorkerContext, tasks: list[CallTask],
+                timeout: Optional[float]) -> Iterator[tuple]:
         # Forked workers inherit the function; others must get it by value if it
         # lives in a __main__ they cannot import (python -c, stdin, notebooks).
-        by_value = (mp.get_start_method() != "fork"
-                    and defined_interactively(context.func))
+        by_value = (pool.start_method != "fork" and defined_interactively(context.func))
         payload = dumps(context, "The function or one of its constant arguments",
                         by_value=by_value)
-        n_workers = max(1, min(self.n_workers, len(tasks)))
+        context_id = id(payload)
+        workers = pool.workers[:max(1, min(self.n_workers, len(tasks)))]
         self.stats = {"bytes_to_workers": 0, "messages_to_workers": 0,
-                      "workers_started": 0, "start_method": mp.get_start_method()}
+                      "workers_started": pool.started, "start_method": pool.start_method}
         pending = deque(tasks)
         singles: deque = deque()  # calls of a batch whose worker died: rerun alone
-        workers: list[_Worker] = []
-        sizer = BatchSizer(n_workers, one_at_a_time=timeout is not None)
-
-        def start_worker() -> _Worker:
-            worker = _Worker(mp, payload, self.stats["workers_started"])
-            self.stats["workers_started"] += 1
-            self.stats["bytes_to_workers"] += len(payload)
-            self.stats["messages_to_workers"] += 1
-            workers.append(worker)
-            return worker
+        sizer = BatchSizer(len(workers), one_at_a_time=timeout is not None)
 
         def dispatch(worker: _Worker) -> None:
+            if worker.context_id != context_id:
+                self.stats["bytes_to_workers"] += worker.load(payload, context_id)
+                self.stats["messages_to_workers"] += 1
             if singles:
                 batch = [singles.popleft()]
             else:
@@ -191,10 +333,15 @@ class LocalBackend(Backend):
             self.stats["messages_to_workers"] += 1
 
         def replace(worker: _Worker) -> None:
-            worker.kill()
-            workers.remove(worker)
-            if pending or singles:
-                start_worker()
+            index = workers.index(worker)
+            pool.remove(worker)
+            fresh = pool.add_worker()
+            pool.wait_ready(10.0)
+            if fresh in pool.workers:
+                workers[index] = fresh
+            else:
+                workers.remove(worker)
+            self.stats["workers_started"] = pool.started
 
         def lost(worker: _Worker, reason: str, error_type: type) -> Iterator[CallOutcome]:
             batch = worker.batch or []
@@ -212,14 +359,15 @@ class LocalBackend(Backend):
             replace(worker)
 
         try:
-            for _ in range(n_workers):
-                start_worker()
             while True:
                 for worker in list(workers):
                     if not worker.busy and (pending or singles):
                         dispatch(worker)
                 busy = [w for w in workers if w.busy]
                 if not busy:
+                    if (pending or singles) and not workers:
+                        raise RuntimeError("every worker process died and none could "
+                                           "be started again")
                     break
                 wait_for = None
                 if timeout is not None:
@@ -235,6 +383,7 @@ class LocalBackend(Backend):
                             yield from lost(worker, worker.death_reason(), WorkerDied)
                             continue
                         if kind == "init-error":
+                            worker.batch = None
                             raise RuntimeError(
                                 "a worker process could not load the function and its "
                                 "arguments:\n" + data)
@@ -248,23 +397,12 @@ class LocalBackend(Backend):
                                         "(the call was stopped and its worker replaced)",
                                         CallTimeout)
         finally:
-            self._shutdown(workers)
-
-    @staticmethod
-    def _shutdown(workers: list) -> None:
-        """Stop every worker we started: politely when idle, by force otherwise."""
-        for worker in workers:
-            worker.stop(graceful=not worker.busy)
-        deadline = time.monotonic() + 2.0
-        for worker in workers:
-            worker.process.join(timeout=max(0.0, deadline - time.monotonic()))
-            if worker.process.is_alive():
-                worker.process.kill()
-                worker.process.join(timeout=5.0)
-            try:
-                worker.conn.close()
-            except OSError:
-                pass
+            # Workers still holding calls (interrupted run) cannot be trusted with the
+            # next map: stop them; the pool starts fresh ones when it is used again.
+            for worker in [w for w in workers if w.busy]:
+                pool.remove(worker)
 
     def describe(self) -> str:
+        if self.pool is not None:
+            return f"local backend with {self.n_workers} worker process(es) of a running pool"
         return f"local backend with {self.n_workers} worker process(es)"

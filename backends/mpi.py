@@ -283,8 +283,7 @@ class ParallelSingleFileSink(SingleFileSink):
 
     def collective_open(self, comm) -> None:
         import h5py
-        import numpy as np
-        from acme.container import ATTR_AXIS, ATTR_CALLS
+        from acme.container import ATTR_AXIS, ATTR_CALLS, _fill_value
         spec = self.spec
         mode = "a" if self.append else "w"
         self._file = h5py.File(self.layout.container, mode, driver="mpio", comm=comm)
@@ -292,7 +291,7 @@ class ParallelSingleFileSink(SingleFileSink):
             self._dset = self._file["result_0"]
             return
         self._file.attrs[ATTR_CALLS] = self.n_calls  # metadata: written by every rank
-        fill = np.nan if spec.dtype.kind in "fc" else 0
+        fill = _fill_value(spec.dtype)
         self._dset = self._file.create_dataset(
             "result_0", shape=spec.full_shape(self.n_calls), dtype=spec.dtype,
             fillvalue=fill)

@@ -1,0 +1,304 @@
+"""The command line (issue 8): ``python -m acme status|errors|show DIR`` and the
+``acme`` console script, on output folders written by real runs: complete, with
+failures (an exception and a worker that died), interrupted, with a deleted payload,
+and folders that are not acme runs. Output and exit codes (0 done, 1 failed or
+missing, 2 usage / not an acme folder)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from acme import ParallelMap, ParallelMapError
+
+pytestmark = pytest.mark.timeout(60)
+
+ACME_SCRIPT = shutil.which("acme")
+
+
+# ------------------------------------------------------------------ the functions
+def square_row(x):
+    return np.array([x, x * x, -x], dtype=float)
+
+
+def flaky(x):
+    if x == 2:
+        raise ValueError(f"bad value {x}")  # the source line the tracebacks show
+    if x == 4:
+        os._exit(3)
+    return np.array([x, x * x, -x], dtype=float)
+
+
+def interrupted_at_7(x):
+    if x == 2:
+        raise ValueError(f"bad value {x}")
+    if x == 7:
+        raise KeyboardInterrupt  # what Ctrl-C does to a sequential run
+    return np.array([x, x * x, -x], dtype=float)
+
+
+def one_value(x):
+    return float(x)
+
+
+# ------------------------------------------------------------------ real runs
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Output folders of real runs (made once for the module; tests that change a
+    folder work on a copy)."""
+    base = tmp_path_factory.mktemp("cli_runs")
+    folders = {}
+
+    folders["complete"] = base / "complete"
+    with ParallelMap(square_row, list(range(6)), output_dir=str(folders["complete"]),
+                     result_shape=(None, 3), n_workers=2, backend="local",
+                     verbose=False) as pmap:
+        pmap.compute()
+
+    folders["failures"] = base / "failures"
+    with pytest.raises(ParallelMapError):
+        with ParallelMap(flaky, list(range(8)), output_dir=str(folders["failures"]),
+                         n_workers=2, backend="local", verbose=False) as pmap:
+            pmap.compute()
+
+    folders["interrupted"] = base / "interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        with ParallelMap(interrupted_at_7, list(range(12)),
+                         output_dir=str(folders["interrupted"]), backend="sequential",
+                         verbose=False) as pmap:
+            pmap.compute()
+    # and a payload lost afterwards (deleted by hand, disk trouble, ...)
+    (folders["interrupted"] / "interrupted_at_7_payload" / "interrupted_at_7_4.h5").unlink()
+
+    folders["many"] = base / "many"
+    with ParallelMap(one_value, list(range(1500)), output_dir=str(folders["many"]),
+                     backend="sequential", verbose=False) as pmap:
+        pmap.compute()
+
+    folders["not_acme"] = base / "not_acme"
+    folders["not_acme"].mkdir()
+    (folders["not_acme"] / "notes.txt").write_text("not a run\n")
+    folders["a_file"] = base / "a_file.txt"
+    folders["a_file"].write_text("just a file\n")
+    folders["nowhere"] = base / "does_not_exist"
+    return folders
+
+
+@dataclass
+class Out:
+    code: int
+    stdout: str
+    stderr: str
+
+    def __str__(self) -> str:
+        return f"exit code {self.code}\n--- stdout ---\n{self.stdout}\n--- stderr ---\n{self.stderr}"
+
+
+def cli(*args, console: bool = False, timeout: float = 30) -> Out:
+    """``python -m acme ARGS`` (or the ``acme`` console script), killed by its
+    process group if it does not end in time."""
+    if console:
+        assert ACME_SCRIPT, "the `acme` console script is not on PATH"
+        cmd = [ACME_SCRIPT]
+    else:
+        cmd = [sys.executable, "-m", "acme"]
+    proc = subprocess.Popen(cmd + [str(a) for a in args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"{cmd + list(args)} did not end within {timeout} s")
+    return Out(proc.returncode, out, err)
+
+
+# ------------------------------------------------------------------ status
+def test_status_of_a_complete_run(runs):
+    r = cli("status", runs["complete"])
+    assert r.code == 0, str(r)
+    first = r.stdout.splitlines()[0]
+    assert first.startswith(f"{runs['complete']}: ") and "square_row" in first, first
+    assert "6 calls" in first and "(files)" in first, first
+    assert re.search(r"^\s+done:\s+6$", r.stdout, re.M), r.stdout
+    assert re.search(r"^\s+failed:\s+0$", r.stdout, re.M), r.stdout
+    assert re.search(r"^\s+missing:\s+0$", r.stdout, re.M), r.stdout
+    assert "resume" not in r.stdout and r.stderr == "", str(r)
+
+
+def test_status_of_a_run_with_failures(runs):
+    r = cli("status", runs["failures"])
+    assert r.code == 1, str(r)
+    assert re.search(r"^\s+done:\s+6$", r.stdout, re.M), r.stdout
+    assert re.search(r"^\s+failed:\s+2\s+\(calls 2, 4\)$", r.stdout, re.M), r.stdout
+    assert re.search(r"^\s+missing:\s+0$", r.stdout, re.M), r.stdout
+    # each failure's first line, with its type and where it ran
+    assert re.search(r"^\s+call 2: ValueError: bad value 2\s+\[\S+, pid \d+\]$",
+                     r.stdout, re.M), r.stdout
+    assert re.search(r"^\s+call 4: WorkerDied: call 4: worker died \(exit code 3\)",
+                     r.stdout, re.M), r.stdout
+    assert f"output_dir={str(runs['failures'])!r}, resume=True" in r.stdout, r.stdout
+
+
+def test_status_of_an_interrupted_run_lists_missing_calls_as_ranges(runs):
+    r = cli("status", runs["interrupted"])
+    assert r.code == 1, str(r)
+    assert re.search(r"^\s+done:\s+5$", r.stdout, re.M), r.stdout  # 0, 1, 3, 5, 6
+    assert re.search(r"^\s+failed:\s+1\s+\(calls 2\)$", r.stdout, re.M), r.stdout
+    assert re.search(r"^\s+missing:\s+6\s+\(calls 4, 7-11\)$", r.stdout, re.M), r.stdout
+    assert "call 2: ValueError: bad value 2" in r.stdout
+    assert "resume=True" in r.stdout
+
+
+def test_status_json(runs):
+    r = cli("status", runs["interrupted"], "--json")
+    assert r.code == 1, str(r)
+    data = json.loads(r.stdout)
+    assert data["n_calls"] == 12 and data["mode"] == "files"
+    assert data["function"].endswith("interrupted_at_7")
+    assert data["done"] == [0, 1, 3, 5, 6]
+    assert data["missing"] == [4, 7, 8, 9, 10, 11]
+    assert data["failed"] == {"2": "ValueError: bad value 2"}
+    assert os.path.samefile(data["folder"], runs["interrupted"])
+
+    r = cli("status", "--json", runs["complete"])
+    assert r.code == 0, str(r)
+    data = json.loads(r.stdout)
+    assert (data["done"], data["failed"], data["missing"]) == ([0, 1, 2, 3, 4, 5], {}, [])
+
+
+@pytest.mark.parametrize("command", ["status", "errors", "show"])
+@pytest.mark.parametrize("what", ["not_acme", "a_file", "nowhere"])
+def test_a_folder_that_is_not_an_acme_run_is_exit_code_2(runs, command, what):
+    r = cli(command, runs[what])
+    assert r.code == 2, str(r)
+    assert r.stdout == "", str(r)
+    assert r.stderr.startswith(f"acme {command}: "), str(r)
+    assert "Traceback" not in r.stderr, str(r)
+    if command != "show":
+        expected = "no such folder" if what != "not_acme" else "not an acme output folder"
+        assert expected in r.stderr, str(r)
+
+
+@pytest.mark.parametrize("args", [[], ["bogus"], ["status"], ["show", "--limit", "x", "."],
+                                  ["status", "--bogus", "."]])
+def test_usage_errors_are_exit_code_2(args):
+    r = cli(*args)
+    assert r.code == 2, str(r)
+    assert "usage: acme" in r.stdout + r.stderr, str(r)
+    assert "Traceback" not in r.stderr, str(r)
+
+
+# ------------------------------------------------------------------ errors
+def test_errors_shows_full_tracebacks_with_the_source_line(runs):
+    r = cli("errors", runs["failures"])
+    assert r.code == 1, str(r)
+    blocks = re.split(r"^=== ", r.stdout, flags=re.M)[1:]
+    assert [b.split()[1] for b in blocks] == ["2", "4"], r.stdout
+    head, _, body = blocks[0].partition("\n")
+    assert re.match(r"call 2 \(host \S+, pid \d+, after [\d.]+ s, [\d\-T:]+\) ===$", head), head
+    assert "Traceback (most recent call last):" in body
+    assert re.search(rf'File "{re.escape(__file__)}", line \d+, in flaky', body), body
+    assert 'raise ValueError(f"bad value {x}")  # the source line' in body, body
+    assert body.rstrip().endswith("ValueError: bad value 2"), body
+    # a worker that died has no Python traceback: its type and message instead
+    assert "WorkerDied: call 4: worker died (exit code 3)" in blocks[1], blocks[1]
+
+
+def test_errors_of_a_run_without_failures(runs):
+    r = cli("errors", runs["complete"])
+    assert r.code == 0, str(r)
+    assert r.stdout.strip() == f"no failed calls in {runs['complete']}"
+
+
+# ------------------------------------------------------------------ show
+def test_show_lists_the_stacked_dataset_and_every_call(runs):
+    r = cli("show", runs["complete"])
+    assert r.code == 0, str(r)
+    lines = r.stdout.splitlines()
+    assert lines[0] == str(runs["complete"] / "square_row.h5")
+    assert "  result_0: shape (6, 3), dtype float64 (virtual)" in lines
+    assert "  @acme_n_calls = 6" in lines
+    comps = [line.split()[0] for line in lines if line.startswith("  comp_")]
+    assert comps == [f"comp_{i}" for i in range(6)], r.stdout
+    for i in range(6):
+        k = lines.index(f"  comp_{i} -> square_row_payload/square_row_{i}.h5")
+        assert lines[k + 1] == "      result_0: shape (3,), dtype float64", r.stdout
+    assert "MISSING" not in r.stdout
+
+
+def test_show_reports_a_deleted_payload_as_missing(runs, tmp_path):
+    copy = tmp_path / "moved"
+    shutil.copytree(runs["complete"], copy)  # the links are relative: the copy works
+    (copy / "square_row_payload" / "square_row_4.h5").unlink()
+    r = cli("show", copy)
+    assert r.code in (0, 1), str(r)
+    assert re.search(r"^  comp_4 -> square_row_payload/square_row_4\.h5: MISSING",
+                     r.stdout, re.M), r.stdout
+    assert "  comp_3 -> square_row_payload/square_row_3.h5" in r.stdout.splitlines()
+    assert "Traceback" not in r.stderr
+    # and status counts it as missing
+    r = cli("status", copy)
+    assert r.code == 1, str(r)
+    assert re.search(r"^\s+done:\s+5$", r.stdout, re.M), r.stdout
+    assert re.search(r"^\s+missing:\s+1\s+\(calls 4\)$", r.stdout, re.M), r.stdout
+
+
+def test_show_limits_the_calls_shown(runs):
+    r = cli("show", runs["complete"], "--limit", "2")
+    assert r.code == 0, str(r)
+    comps = [line.split()[0] for line in r.stdout.splitlines() if line.startswith("  comp_")]
+    assert comps == ["comp_0", "comp_1"], r.stdout
+    assert "... and 4 more calls (--limit to show more)" in r.stdout
+
+
+def test_show_piped_into_head_does_not_print_a_traceback(runs):
+    """``acme show DIR --limit 2000 | head -1``: the reader goes away early."""
+    proc = subprocess.Popen([sys.executable, "-m", "acme", "show", str(runs["many"]),
+                             "--limit", "2000"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        first = proc.stdout.readline()
+        proc.stdout.close()
+        err = proc.stderr.read().decode()
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert first.decode().strip().endswith("one_value.h5")
+    assert "Traceback" not in err, err
+
+
+# ------------------------------------------------------------------ help, console script
+@pytest.mark.parametrize("args", [["--help"], ["-h"], ["status", "--help"],
+                                  ["errors", "--help"], ["show", "--help"]])
+def test_help_everywhere(args):
+    r = cli(*args)
+    assert r.code == 0, str(r)
+    assert r.stdout.startswith("usage: acme"), r.stdout
+    if len(args) == 1:
+        for command in ("status", "errors", "show"):
+            assert command in r.stdout
+        assert "Exit codes" in r.stdout
+    else:
+        assert f"usage: acme {args[0]}" in r.stdout and "folder" in r.stdout
+
+
+@pytest.mark.parametrize("args", [["status", "failures"], ["status", "interrupted", "--json"],
+                                  ["errors", "failures"], ["show", "complete"],
+                                  ["status", "not_acme"], ["--help"]])
+def test_the_console_script_works_like_python_m_acme(runs, args):
+    args = [runs[a] if a in runs else a for a in args]
+    module = cli(*args)
+    script = cli(*args, console=True)
+    assert (script.code, script.stdout, script.stderr) == \
+        (module.code, module.stdout, module.stderr), f"{script}\n\nvs python -m acme:\n{module}"
