@@ -155,6 +155,23 @@ class InMemorySink:
         return value
 
 
+def _storable(layout: OutputLayout, spec: Optional[ResultSpec], index: int,
+              value: Any) -> tuple[Optional[list], Optional[Stored]]:
+    """The call's values as HDF5-storable arrays (first checked against
+    ``result_shape``), or, where HDF5 cannot hold them, the note of the pickle that
+    was written instead."""
+    values = _as_values(value)
+    if spec is not None:
+        values[0] = spec.check(value, index)
+    arrays = hdf5_values(values)
+    if arrays is not None:
+        return arrays, None
+    path = layout.fallback_pickle(index)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    _pickle_result(path, value, index, "can be stored neither in HDF5 nor as a pickle")
+    return None, Stored(path, pickled=True)
+
+
 class PayloadSink:
     """One HDF5 file per call (``f_payload/f_{i}.h5``); a pickle where HDF5 cannot."""
 
@@ -163,15 +180,9 @@ class PayloadSink:
         self.spec = spec
 
     def store(self, index: int, value: Any) -> Stored:
-        values = _as_values(value)
-        if self.spec is not None:
-            values[0] = self.spec.check(value, index)
-        arrays = hdf5_values(values)
-        if arrays is None:
-            path = self.layout.fallback_pickle(index)
-            _pickle_result(path, value, index, "can be stored neither in HDF5 nor "
-                           "as a pickle")
-            return Stored(path, pickled=True)
+        arrays, pickled = _storable(self.layout, self.spec, index, value)
+        if pickled is not None:
+            return pickled
         path = self.layout.payload(index)
         write_h5_atomic(path, arrays)
         return Stored(path, shape=arrays[0].shape)
@@ -207,16 +218,9 @@ class SingleFileSink:
         self.n_calls = n_calls
 
     def store(self, index: int, value: Any) -> Stored:
-        values = _as_values(value)
-        if self.spec is not None:
-            values[0] = self.spec.check(value, index)
-        arrays = hdf5_values(values)
-        if arrays is None:
-            path = self.layout.fallback_pickle(index)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            _pickle_result(path, value, index, "can be stored neither in HDF5 nor "
-                           "as a pickle")
-            return Stored(path, pickled=True)
+        arrays, pickled = _storable(self.layout, self.spec, index, value)
+        if pickled is not None:
+            return pickled
         shape = arrays[0].shape
         first_key = 0
         if self.writes_result_0:

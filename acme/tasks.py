@@ -226,22 +226,14 @@ def check_sendable(plan: CallPlan) -> None:
     cannot be sent to a worker process, before anything runs."""
     name = getattr(plan.func, "__name__", plan.func)
     dumps(plan.func, f"The function {name!r}")
-    for k, arg in enumerate(plan.positional):
-        if arg.varying and _all_simple(arg.value):
-            continue
-        if arg.varying:
+    arguments = [(f"positional argument {k}", arg) for k, arg in enumerate(plan.positional)]
+    arguments += [(f"keyword argument {key!r}", arg) for key, arg in plan.keywords.items()]
+    for label, arg in arguments:
+        if not arg.varying:
+            _check_sendable(arg.value, f"{label[0].upper()}{label[1:]} of {name}")
+        elif not _all_simple(arg.value):
             for i, value in enumerate(arg.value):
-                _check_sendable(value, f"Element {i} of positional argument {k} of {name}")
-        else:
-            _check_sendable(arg.value, f"Positional argument {k} of {name}")
-    for key, arg in plan.keywords.items():
-        if arg.varying and _all_simple(arg.value):
-            continue
-        if arg.varying:
-            for i, value in enumerate(arg.value):
-                _check_sendable(value, f"Element {i} of keyword argument {key!r} of {name}")
-        else:
-            _check_sendable(arg.value, f"Keyword argument {key!r} of {name}")
+                _check_sendable(value, f"Element {i} of {label} of {name}")
 
 
 def defined_interactively(func: Callable) -> bool:
