@@ -10,6 +10,7 @@ shows medians over the repetitions, the spread (max - min), and each peer's time
 a ratio to acme's (above 1: acme is faster).
 
 Workloads, 2 workers:
+  W0   200 calls f(x, y) = x + y, results in memory (a point for the overhead plot)
   W1   2,000 calls f(x, y) = x + y, results in memory
   W2   the same, each result written to its own HDF5 file, then read back
   W3   2,000 calls returning 1,000 float64, stacked on disk (result_shape=(None, 1000))
@@ -20,9 +21,12 @@ Workloads, 2 workers:
 
 Peers: concurrent.futures.ProcessPoolExecutor (chunksize 1, and its best chunksize of
 a few tried), multiprocessing.Pool, joblib (loky; when installed), a hand-written
-ProcessPoolExecutor loop writing the same HDF5 files (W2, W3, W3s), and esi-acme when
-``--esi-acme`` names the python of a virtual environment where it is installed
-(it pulls Dask, so it is kept out of this project's dependencies).
+ProcessPoolExecutor loop writing the same HDF5 files (W2, W3, W3s), and esi-acme with
+``--esi-acme``: from its own virtual environment (created with ``pip install esi-acme``
+in ~/.cache/acme-bench/esi-acme on first use, or the python given as
+``--esi-acme PYTHON``); it pulls Dask, so it stays out of this project's dependencies.
+A plot of the overhead per call against the number of calls is written to
+``benchmarks/overhead.png`` when matplotlib is installed (``--plot FILE`` elsewhere).
 """
 from __future__ import annotations
 
@@ -40,7 +44,7 @@ import time
 import numpy as np
 
 WORKERS = 2
-N = {"W1": 2000, "W2": 2000, "W3": 2000, "W3s": 2000, "W4": 200, "W5": 100, "W6": 20000}
+N = {"W0": 200, "W1": 2000, "W2": 2000, "W3": 2000, "W3s": 2000, "W4": 200, "W5": 100, "W6": 20000}
 IDEAL = {"W4": 200 * 0.05 / WORKERS}
 BIG = None  # the W5 constant, made in the parent
 
@@ -64,7 +68,7 @@ def uses_big(x, big):
 
 def func_and_args(workload):
     n = N[workload]
-    if workload in ("W1", "W2", "W6"):
+    if workload in ("W0", "W1", "W2", "W6"):
         return add, [list(range(n)), [1] * n]
     if workload in ("W3", "W3s"):
         return row, [list(range(n))]
@@ -253,11 +257,42 @@ if __name__ == "__main__":
     print("BENCH " + json.dumps({{"seconds": s, "first": None,
           "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
 """
-    return _measure([python, "-c", code])
+    return _measure([python, "-c", code], env=_laptop_env())
 
 
-def _measure(cmd):
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+SLURM_TOOLS = {"sinfo", "squeue", "srun", "sbatch", "scontrol", "scancel", "salloc", "sacct"}
+
+
+def _laptop_env() -> dict:
+    """An environment in which SLURM's commands are not found: esi-acme then starts
+    its local Dask cluster, as on a laptop, even on a machine that has SLURM."""
+    folder = os.path.expanduser("~/.cache/acme-bench/path-without-slurm")
+    if not os.path.isdir(folder):
+        os.makedirs(folder)
+        for directory in os.environ.get("PATH", "").split(os.pathsep):
+            if not os.path.isdir(directory):
+                continue
+            for name in os.listdir(directory):
+                target = os.path.join(folder, name)
+                if name not in SLURM_TOOLS and not os.path.lexists(target):
+                    os.symlink(os.path.join(directory, name), target)
+    return dict(os.environ, PATH=folder)
+
+
+def esi_acme_python() -> str:
+    """The python of a virtual environment with esi-acme, made on first use."""
+    venv = os.path.expanduser("~/.cache/acme-bench/esi-acme")
+    python = os.path.join(venv, "bin", "python")
+    if not os.path.exists(python):
+        print(f"creating {venv} with esi-acme from PyPI (once) ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+        subprocess.run([python, "-m", "pip", "install", "-q", "esi-acme", "h5py", "numpy"],
+                       check=True)
+    return python
+
+
+def _measure(cmd, env=None):
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
     for line in out.stdout.splitlines():
         if line.startswith("BENCH "):
             return json.loads(line[6:])
@@ -275,14 +310,17 @@ def main():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workloads", default=",".join(N))
-    parser.add_argument("--plot", default=None, help="write a PNG of overhead per call")
-    parser.add_argument("--esi-acme", default=None, metavar="PYTHON",
-                        help="python of a venv with esi-acme installed")
+    parser.add_argument("--plot", default=os.path.join(os.path.dirname(
+        os.path.abspath(__file__)), "overhead.png"), help="PNG of the overhead per call")
+    parser.add_argument("--esi-acme", nargs="?", const="auto", default=None,
+                        metavar="PYTHON", help="also measure esi-acme (from its own venv)")
     parser.add_argument("--inner", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inner:
         inner(*args.inner)
         return
+    if args.esi_acme == "auto":
+        args.esi_acme = esi_acme_python()
     tools = list(TOOLS) + (["esi-acme"] if args.esi_acme else [])
     rows = []
     print(f"{WORKERS} workers, median of {args.repeat} runs, each in a fresh process")
@@ -319,11 +357,12 @@ def plot(rows, path):
         return
     fig, ax = plt.subplots(figsize=(8, 5))
     for tool in sorted({r[1] for r in rows}):
-        points = sorted((N[w], o) for w, t, _, o in rows if t == tool and w in ("W1", "W6"))
+        points = sorted((N[w], o) for w, t, _, o in rows
+                        if t == tool and w in ("W0", "W1", "W6"))
         if points:
             ax.plot(*zip(*points), marker="o", label=tool)
     ax.set_xscale("log")
-    ax.set_xlabel("number of trivial calls (W1: 2,000, W6: 20,000)")
+    ax.set_xlabel("number of trivial calls (W0: 200, W1: 2,000, W6: 20,000)")
     ax.set_ylabel("overhead per call (µs)")
     ax.set_title("Per-call overhead, results in memory, 2 workers")
     ax.legend()
