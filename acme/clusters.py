@@ -30,7 +30,14 @@ def _register(pool: Any) -> Any:
 
 
 def current_pool() -> Optional[Any]:
-    """The most recently started pool that is still running, or None."""
+    """The most recently started worker pool that is still running.
+
+    Returns
+    -------
+    LocalPool or None
+        The pool that ``ParallelMap(..., backend="auto")`` runs on, or None when no
+        pool is running.
+    """
     while _pools and getattr(_pools[-1], "closed", False):
         _pools.pop()
     return _pools[-1] if _pools else None
@@ -60,7 +67,18 @@ def local_cluster_setup(n_workers: Union[int, str] = "auto", timeout: float = 60
     Returns
     -------
     LocalPool
-        Pass it to :func:`cluster_cleanup` (or ``ParallelMap(..., backend=pool)``).
+        The running pool; it is also the current pool, which every
+        ``ParallelMap(..., backend="auto")`` uses until it is stopped. Pass it to
+        ``ParallelMap(..., backend=pool)`` to choose it explicitly, and to
+        :func:`cluster_cleanup` to stop it.
+
+    Raises
+    ------
+    TypeError, ValueError
+        A parameter has the wrong type or value.
+    RuntimeError
+        No worker came up within ``timeout``, or fewer did and the user chose on
+        the terminal not to go on.
     """
     from .validation import check_bool, check_positive_number
     from .backends.local import LocalPool, usable_cores
@@ -92,10 +110,39 @@ def _accept_fewer(pool: Any, asked: int, got: int, interactive: bool) -> None:
 def slurm_cluster_setup(partition: str = "auto", n_workers: Union[int, str] = "auto",
                         mem_per_worker: str = "auto", timeout: float = 60,
                         interactive: bool = True, **kwargs: Any) -> Any:
-    """Start an allocation of MPI workers on SLURM and return a handle to it.
+    """Hold a SLURM allocation of MPI workers for several maps (not available yet).
 
-    Maps run on it one after another without waiting in the queue again; release it
-    with :func:`cluster_cleanup`.
+    Meant to start MPI workers on SLURM once, so that maps run on them one after
+    another without waiting in the queue again. This version has no such
+    allocation support and raises :class:`RuntimeError`; use
+    ``ParallelMap(..., backend="slurm")`` (one job per map), or run the whole
+    script inside an allocation with ``srun python -m acme.mpi_run script.py``.
+
+    Parameters
+    ----------
+    partition : str
+        SLURM partition, or "auto" to choose one from the memory a call needs.
+    n_workers : int or "auto"
+        Number of worker ranks.
+    mem_per_worker : str
+        Memory per worker, such as ``"4GB"``, or "auto" for the partition's default.
+    timeout : float
+        Seconds to wait for the allocation to start.
+    interactive : bool
+        On a terminal, ask what to do when the allocation is late.
+    **kwargs
+        Further options for the allocation.
+
+    Returns
+    -------
+    object
+        A handle to the allocation, for :func:`cluster_cleanup`.
+
+    Raises
+    ------
+    RuntimeError
+        Always, in this version: SLURM allocations that outlive a map are not
+        implemented.
     """
     try:
         from .backends.slurm import start_allocation
@@ -111,8 +158,25 @@ def slurm_cluster_setup(partition: str = "auto", n_workers: Union[int, str] = "a
 def esi_cluster_setup(partition: str = "auto", n_workers: Union[int, str] = "auto",
                       mem_per_worker: str = "auto", timeout: float = 60,
                       interactive: bool = True, **kwargs: Any) -> Any:
-    """esi-acme's name for :func:`slurm_cluster_setup`; works on any SLURM site,
-    choosing the partition like ``partition="auto"`` of ParallelMap."""
+    """esi-acme's name for :func:`slurm_cluster_setup` (not available yet).
+
+    Parameters
+    ----------
+    partition, n_workers, mem_per_worker, timeout, interactive, **kwargs
+        As for :func:`slurm_cluster_setup`, to which they are passed on. The
+        keywords ``n_jobs`` and ``mem_per_job`` of old esi-acme versions are
+        dropped without a message.
+
+    Returns
+    -------
+    object
+        What :func:`slurm_cluster_setup` returns.
+
+    Raises
+    ------
+    RuntimeError
+        Always, in this version (see :func:`slurm_cluster_setup`).
+    """
     kwargs.pop("n_jobs", None)
     kwargs.pop("mem_per_job", None)
     return slurm_cluster_setup(partition=partition, n_workers=n_workers,
@@ -121,7 +185,15 @@ def esi_cluster_setup(partition: str = "auto", n_workers: Union[int, str] = "aut
 
 
 def cluster_cleanup(handle: Optional[Any] = None) -> None:
-    """Stop ``handle``, or the current pool when none is given."""
+    """Stop a worker pool.
+
+    Parameters
+    ----------
+    handle : LocalPool or None
+        The pool to stop, as returned by :func:`local_cluster_setup`. None (the
+        default) stops the current pool, the most recently started one that is
+        still running; with no pool running, nothing happens.
+    """
     pool = handle if handle is not None else current_pool()
     if pool is None:
         log.info("cluster_cleanup: no running worker pool")

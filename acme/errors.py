@@ -14,6 +14,17 @@ class RemoteTraceback(Exception):
 
     Attached as ``__cause__`` of the rebuilt exception, so Python prints it above
     the local traceback ("The above exception was the direct cause of ...").
+
+    Parameters
+    ----------
+    text : str
+        The formatted traceback, headed by the call index and where it ran (host,
+        process id, MPI rank).
+
+    Attributes
+    ----------
+    text : str
+        The same text; ``str()`` of the exception returns it.
     """
 
     def __init__(self, text: str):
@@ -25,11 +36,21 @@ class RemoteTraceback(Exception):
 
 
 class WorkerDied(RuntimeError):
-    """The process running a call ended without returning (crash, kill, os._exit)."""
+    """The process running a call ended without returning.
+
+    The cause of a call's failure when its worker crashed (segfault), was killed
+    (e.g. by the out-of-memory killer) or called ``os._exit``; the message gives
+    the exit code or signal. On the local backend only that call fails and a new
+    worker takes the dead one's place.
+    """
 
 
 class CallTimeout(TimeoutError):
-    """A call ran longer than the ``timeout`` given to ParallelMap."""
+    """A call ran longer than the ``timeout`` given to ParallelMap.
+
+    The cause of that call's failure; the call was stopped and the other calls
+    went on.
+    """
 
 
 class CallFailure:
@@ -42,11 +63,25 @@ class CallFailure:
     exception : BaseException
         The original exception (its type kept when it pickles).
     traceback_text : str
-        The formatted traceback from where the call ran.
-    host, pid, rank :
-        Where the call ran (``rank`` only under MPI).
+        The formatted traceback from where the call ran (empty when the worker
+        died or the call was stopped).
+    host : str
+        Name of the machine the call ran on.
+    pid : int
+        Process id of the worker.
+    rank : int or None
+        MPI rank of the worker; None outside MPI.
     duration : float
         Seconds the call ran before it failed.
+
+    Attributes
+    ----------
+    index, exception, traceback_text, host, pid, rank, duration
+        As given.
+    where : str
+        ``"host H, pid P"``, with ``"MPI rank R, "`` in front under MPI.
+    summary : str
+        One line: exception type and message.
     """
 
     def __init__(self, index: int, exception: BaseException, traceback_text: str,
@@ -115,6 +150,22 @@ def _strip_traceback(exc: BaseException) -> BaseException:
 
 class ParallelMapError(RuntimeError):
     """One or more calls of a ParallelMap failed; all other calls completed.
+
+    Raised by :meth:`ParallelMap.compute` after every call has run. Its
+    ``__cause__`` is the first failed call's original exception (same type), whose
+    own ``__cause__`` is a :class:`RemoteTraceback` with the traceback from the
+    worker.
+
+    Parameters
+    ----------
+    message : str
+        Which calls failed, and the first failure.
+    failed : list of int
+        Indices of the failed calls.
+    results : list
+        One entry per call, None where it failed.
+    errors : dict of int to CallFailure
+        The failure of each failed call.
 
     Attributes
     ----------

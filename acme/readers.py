@@ -1,8 +1,8 @@
-"""Read a run's results back without knowing the file layout.
+"""Read a run's results back without knowing the file layout::
 
->>> from acme import load_call, load_stacked
->>> values = load_call("ACME_20260101-120000-000000", 3)    # call 3's return values
->>> array = load_stacked("ACME_20260101-120000-000000")     # result_0 of every call
+    from acme import load_call, load_stacked
+    values = load_call("ACME_20260101-120000-000000", 3)    # call 3's return values
+    array = load_stacked("ACME_20260101-120000-000000")     # result_0 of every call
 
 Unlike reading the container's virtual dataset, :func:`load_stacked` reads each
 call's file directly: a missing or unreadable file is an error that names the call
@@ -22,7 +22,24 @@ __all__ = ["find_container", "load_call", "load_stacked", "MissingResultError"]
 
 
 class MissingResultError(FileNotFoundError):
-    """A call's result file is missing or unreadable; ``.calls`` lists which."""
+    """One or more calls have no readable result.
+
+    Raised by :func:`load_call` and :func:`load_stacked` when a call failed (so it
+    never had a result) or when its result file is missing or unreadable. It is a
+    ``FileNotFoundError``, so ``except OSError`` catches it too.
+
+    Parameters
+    ----------
+    message : str
+        What is missing and where it was expected.
+    calls : list of int
+        Indices of the calls without a result.
+
+    Attributes
+    ----------
+    calls : list of int
+        Indices of the calls without a result, in ascending order.
+    """
 
     def __init__(self, message: str, calls: list[int]):
         super().__init__(message)
@@ -30,7 +47,24 @@ class MissingResultError(FileNotFoundError):
 
 
 def find_container(path: str) -> str:
-    """The container ``<func>.h5`` of an output folder (or ``path`` itself if a file)."""
+    """The container file ``<func>.h5`` of a run's output folder.
+
+    Parameters
+    ----------
+    path : str
+        An output folder, or a file (returned as it is, made absolute).
+
+    Returns
+    -------
+    str
+        The absolute path of the container.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist, or the folder does not hold exactly one ``*.h5``
+        file at its top level (e.g. a ``write_pickle=True`` run, which has none).
+    """
     if os.path.isfile(path):
         return os.path.abspath(path)
     if not os.path.isdir(path):
@@ -55,10 +89,30 @@ def _read_group(group) -> list:
 
 
 def load_call(path: str, index: int) -> Any:
-    """The return values of call ``index`` (a list: result_0, result_1, ...; or the
-    unpickled return value where the call's result was pickled).
+    """The return values of one call.
 
-    ``path`` is an output folder or its container file.
+    Parameters
+    ----------
+    path : str
+        A run's output folder, or its container file.
+    index : int
+        The call's index, ``0 .. n-1``.
+
+    Returns
+    -------
+    list of numpy.ndarray, or object
+        ``[result_0, result_1, ...]`` as stored in HDF5 (a scalar return value is
+        an array of shape ``(1,)``; with ``single_file`` and ``result_shape``,
+        ``result_0`` is the call's row of the stacked dataset). Where the call's
+        result was pickled (``write_pickle=True``, or a value HDF5 cannot hold),
+        the unpickled return value itself.
+
+    Raises
+    ------
+    MissingResultError
+        The call failed, or its result file is missing or unreadable.
+    FileNotFoundError
+        ``path`` is not a run's output folder or container.
     """
     import h5py
     folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
@@ -104,9 +158,36 @@ def _single_file_row(h5f, index: int) -> list:
 
 
 def load_stacked(path: str, name: str = "result_0") -> np.ndarray:
-    """``result_0`` of every call as one numpy array (as laid out by ``result_shape``).
+    """The stacked result of every call as one numpy array.
 
-    Raises :class:`MissingResultError` naming the calls whose files are missing.
+    Reads each call's file directly rather than through the container's virtual
+    dataset, so that a missing file is an error and not silent fill values, memory
+    stays at the size of the result, and no file stays open per call.
+
+    Parameters
+    ----------
+    path : str
+        The output folder of a run made with ``result_shape``, or its container.
+    name : str
+        The stacked dataset to read (default ``"result_0"``).
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape and dtype as given by ``result_shape`` and ``result_dtype``, with the
+        number of calls on the stacking axis. An ``np.inf`` axis has the longest
+        call's length; shorter calls are padded with the fill value (NaN for
+        floats).
+
+    Raises
+    ------
+    MissingResultError
+        Some calls failed or their files are missing or unreadable; ``.calls``
+        lists them.
+    KeyError
+        The container has no dataset ``name`` (the run had no ``result_shape``).
+    FileNotFoundError
+        ``path`` is not a run's output folder or container.
     """
     import h5py
     container = find_container(path)
