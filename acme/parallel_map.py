@@ -162,6 +162,7 @@ class ParallelMap:
         self.timeout = check.check_positive_number(timeout, "timeout", allow_none=True)
         self.backend_name = self._check_backend(backend)
         self._warn_about_ignored_options()
+        kwargs = self._old_esi_acme_names(func, kwargs)
         if self.resume and (self.output_dir is None or not self.write_worker_results):
             raise ValueError("resume=True continues a run on disk: give the `output_dir` "
                              "of that run (and keep write_worker_results=True)")
@@ -222,6 +223,26 @@ class ParallelMap:
         if self.write_pickle and self.result_spec is not None:
             warnings.warn("`result_shape` has no effect with write_pickle=True: pickled "
                           "results are not stacked", stacklevel=3)
+
+    def _old_esi_acme_names(self, func: Callable, kwargs: dict) -> dict:
+        """Older esi-acme versions called n_workers/mem_per_worker n_jobs/mem_per_job:
+        accept those names (with a warning) unless ``func`` itself has such a parameter."""
+        import inspect
+        try:
+            params = inspect.signature(func).parameters
+        except (TypeError, ValueError):
+            params = {}
+        for old, new in (("n_jobs", "n_workers"), ("mem_per_job", "mem_per_worker")):
+            if old in kwargs and old not in params:
+                value = kwargs.pop(old)
+                warnings.warn(f"`{old}` is the old esi-acme name of `{new}`; use `{new}`",
+                              FutureWarning, stacklevel=4)
+                if new == "n_workers":
+                    self.n_workers = check.check_auto_or_int(value, old)
+                else:
+                    self.mem_per_worker = value
+                    self.mem_per_worker_mb = check.parse_memory(value, old)
+        return kwargs
 
     # ------------------------------------------------------------- seed API
     def prepare_input(self, func: Callable, n_inputs: Union[int, str], *args: Any,

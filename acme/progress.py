@@ -14,8 +14,12 @@ from typing import Optional
 __all__ = ["Progress"]
 
 
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def _wanted(verbose: Optional[bool]) -> bool:
-    if verbose is False or os.environ.get("CI") or os.environ.get("ACME_NO_PROGRESS"):
+    if verbose is False or _flag("CI") or _flag("ACME_NO_PROGRESS"):
         return False
     stream = sys.stderr
     return bool(stream) and hasattr(stream, "isatty") and stream.isatty()
