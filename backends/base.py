@@ -51,7 +51,8 @@ class BatchSizer:
         per_call = max(self.total / self.count, 1e-7)
         most = max(1, int(self.target_seconds / per_call))
         least = max(1, int(MIN_BATCH_SECONDS / per_call))
-        return min(max(fair_share, least), most, remaining)
+        even_split = -(-remaining // self.n_workers)  # never more than a worker's share
+        return max(1, min(max(fair_share, least), most, even_split))
 
 
 class Backend:

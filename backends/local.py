@@ -181,7 +181,7 @@ class LocalPool:
     #: the registry name of the backend that runs maps on this pool
     backend_name = "local"
 
-    def __init__(self, n_workers: int, setup_timeout: float = 60.0):
+    def __init__(self, n_workers: int, setup_timeout: float = 60.0, wait: bool = True):
         self.mp = multiprocessing.get_context(_start_method())
         self.n_workers = n_workers
         self.workers: list[_Worker] = []
@@ -189,7 +189,8 @@ class LocalPool:
         self.closed = False
         for _ in range(n_workers):
             self.add_worker()
-        self.wait_ready(setup_timeout)
+        if wait:  # a pool for one map skips this: work queues up while workers start
+            self.wait_ready(setup_timeout)
 
     @property
     def start_method(self) -> str:
@@ -295,7 +296,7 @@ class LocalBackend(Backend):
         own_pool = self.pool is None
         if own_pool:
             pool = LocalPool(max(1, min(self.n_workers, len(tasks))),
-                             self.options.get("setup_timeout") or 60.0)
+                             self.options.get("setup_timeout") or 60.0, wait=False)
         else:
             pool = self.pool
             pool.check()
@@ -379,6 +380,9 @@ class LocalBackend(Backend):
                     if worker.conn in ready:
                         try:
                             kind, data = worker.conn.recv()
+                            if kind == "ready":  # a worker started without waiting
+                                worker.ready = True
+                                continue
                         except (EOFError, OSError):
                             yield from lost(worker, worker.death_reason(), WorkerDied)
                             continue
