@@ -110,39 +110,47 @@ def _accept_fewer(pool: Any, asked: int, got: int, interactive: bool) -> None:
 def slurm_cluster_setup(partition: str = "auto", n_workers: Union[int, str] = "auto",
                         mem_per_worker: str = "auto", timeout: float = 60,
                         interactive: bool = True, **kwargs: Any) -> Any:
-    """Hold a SLURM allocation of MPI workers for several maps (not available yet).
+    """Hold a SLURM allocation of MPI workers for several maps.
 
-    Meant to start MPI workers on SLURM once, so that maps run on them one after
-    another without waiting in the queue again. This version has no such
-    allocation support and raises :class:`RuntimeError`; use
-    ``ParallelMap(..., backend="slurm")`` (one job per map), or run the whole
-    script inside an allocation with ``srun python -m acme.mpi_run script.py``.
+    Submits ONE MPI job (``sbatch``; ``n_workers`` worker ranks + 1 scheduling rank)
+    and waits until its ranks are up. Maps then run on it one after another without
+    waiting in the queue again: every ``ParallelMap(..., backend="auto")`` uses the
+    current pool, or pass it as ``backend=pool``. See :mod:`acme.backends.slurm_pool`.
 
     Parameters
     ----------
     partition : str
-        SLURM partition, or "auto" to choose one from the memory a call needs.
+        SLURM partition, or "auto": the one whose memory per CPU fits
+        ``mem_per_worker`` (or, when that is "auto", a worker's base need) with the
+        least waste.
     n_workers : int or "auto"
-        Number of worker ranks.
+        Number of worker ranks ("auto": one per idle CPU of the partition, at most 64).
     mem_per_worker : str
         Memory per worker, such as ``"4GB"``, or "auto" for the partition's default.
     timeout : float
-        Seconds to wait for the allocation to start.
+        Seconds to wait for the job to start and its ranks to come up.
     interactive : bool
-        On a terminal, ask what to do when the allocation is late.
+        When the job is still pending after ``timeout``: on a terminal, ask whether
+        to keep waiting; otherwise cancel it and raise ``SlurmSetupTimeout``.
     **kwargs
-        Further options for the allocation.
+        ``time_limit`` (minutes or a SLURM time), ``sbatch_args`` / ``job_extra``
+        (more sbatch options), ``job_name``, ``folder`` (the pool folder),
+        ``orphan_timeout`` (seconds after which the job ends by itself once this
+        process is gone).
 
     Returns
     -------
-    object
-        A handle to the allocation, for :func:`cluster_cleanup`.
+    SlurmPool
+        The running pool (attributes ``job_id``, ``n_workers``, ``partition``,
+        ``closed``); also the current pool. Stop it with :func:`cluster_cleanup`.
 
     Raises
     ------
-    RuntimeError
-        Always, in this version: SLURM allocations that outlive a map are not
-        implemented.
+    SlurmSetupTimeout
+        The job did not start within ``timeout`` (it was cancelled).
+    SlurmSubmitError, SlurmJobError, RuntimeError
+        sbatch refused the job, the job ended before its ranks came up, or SLURM is
+        not usable here.
     """
     try:
         from .backends.slurm import start_allocation
@@ -158,7 +166,7 @@ def slurm_cluster_setup(partition: str = "auto", n_workers: Union[int, str] = "a
 def esi_cluster_setup(partition: str = "auto", n_workers: Union[int, str] = "auto",
                       mem_per_worker: str = "auto", timeout: float = 60,
                       interactive: bool = True, **kwargs: Any) -> Any:
-    """esi-acme's name for :func:`slurm_cluster_setup` (not available yet).
+    """esi-acme's name for :func:`slurm_cluster_setup`; works on any SLURM site.
 
     Parameters
     ----------
@@ -169,13 +177,8 @@ def esi_cluster_setup(partition: str = "auto", n_workers: Union[int, str] = "aut
 
     Returns
     -------
-    object
+    SlurmPool
         What :func:`slurm_cluster_setup` returns.
-
-    Raises
-    ------
-    RuntimeError
-        Always, in this version (see :func:`slurm_cluster_setup`).
     """
     kwargs.pop("n_jobs", None)
     kwargs.pop("mem_per_job", None)

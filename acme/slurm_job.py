@@ -1,5 +1,6 @@
 """The inside of a SLURM job submitted by the ``slurm`` backend:
-``srun python -m acme.slurm_job JOBDIR`` on every rank.
+``srun python -m acme.slurm_job JOBDIR`` on every rank (one run), or
+``srun python -m acme.slurm_job --serve POOLDIR`` (a worker pool serving many runs).
 
 The submitting process (:mod:`acme.backends.slurm`) leaves in ``JOBDIR``:
 
@@ -26,6 +27,18 @@ exactly one batch), then ``("done", stats)`` or ``("error", text)``. Each record
 ``write`` on a file opened for appending, so a reader sees whole records or a tail it
 has to wait for (never a mixture of two records).
 
+Serve mode (:mod:`acme.backends.slurm_pool`, ``acme.slurm_cluster_setup``): ``POOLDIR``
+holds ``job.json`` (settings of the pool). When every rank is up, rank 0 writes
+``POOLDIR/ready.json``. It then waits for ``POOLDIR/map_0001/``, ``map_0002/``, ...
+(each made complete by the submitting process, then renamed into place, so a folder
+that exists is whole), each a job folder as above, runs their calls in that order
+exactly like a one-run job (outcomes in ``map_NNNN/outcomes.bin``), and ends when the
+file ``POOLDIR/stop`` appears (or, if set, when the submitting process stopped
+touching ``POOLDIR/alive`` for ``orphan_seconds``). A map whose function cannot be
+loaded (on rank 0 or on a worker rank) gets an ``("error", text)`` record and the pool
+goes on (its record is ``("refused", text)`` instead of ``("error", text)``); any
+other failure ends every rank, as in a one-run job.
+
 Like :mod:`acme.mpi_run`, an exception on rank 0 (or SIGTERM, sent by ``scancel`` and
 by SLURM at the time limit) ends every rank at once (``MPI_Abort``), so a broken job
 never waits for its time limit. This module imports mpi4py only when it runs.
@@ -44,20 +57,36 @@ from typing import Any, Iterator, Optional
 
 log = logging.getLogger("acme")
 
-__all__ = ["JOB_FILE", "CONTEXT_FILE", "TASKS_FILE", "OUTCOMES_FILE", "RecordWriter",
-           "RecordReader", "main"]
+__all__ = ["JOB_FILE", "CONTEXT_FILE", "TASKS_FILE", "OUTCOMES_FILE", "READY_FILE",
+           "STOP_FILE", "ALIVE_FILE", "map_folder", "RecordWriter", "RecordReader",
+           "main"]
 
 JOB_FILE = "job.json"
 CONTEXT_FILE = "context.pkl"
 TASKS_FILE = "tasks.pkl"
 OUTCOMES_FILE = "outcomes.bin"
+#: serve mode: written by rank 0 when the pool is up / by the submitter to end it /
+#: touched by the submitter while it lives
+READY_FILE = "ready.json"
+STOP_FILE = "stop"
+ALIVE_FILE = "alive"
+#: serve mode: rank 0 sleeps at most this long between looks for the next map
+SERVE_MAX_DELAY = 0.05
+
+
+def map_folder(pooldir: str, number: int) -> str:
+    """The folder of map ``number`` (1, 2, ...) of a worker pool."""
+    return os.path.join(pooldir, f"map_{number:04d}")
 
 _HEADER = struct.Struct("<Q")
 
 USAGE = """usage: srun python -m acme.slurm_job JOBDIR
+       srun python -m acme.slurm_job --serve POOLDIR
 
 Runs the job that acme's SLURM backend prepared in JOBDIR (job.json, context.pkl,
-tasks.pkl) on every rank: rank 0 schedules, ranks 1..N-1 run the calls."""
+tasks.pkl) on every rank: rank 0 schedules, ranks 1..N-1 run the calls. With --serve,
+runs the maps that appear as POOLDIR/map_0001/, map_0002/, ... one after another
+until POOLDIR/stop appears (a worker pool of acme.slurm_cluster_setup)."""
 
 
 # ------------------------------------------------------------------ outcome records
@@ -126,6 +155,10 @@ def _load_main_script(path: str) -> None:
     from .mpi_run import _load_script_on_worker
     sys.path.insert(0, os.path.dirname(path))
     _load_script_on_worker(path)
+    # Its functions call their module "__acme_worker__": rank 0 pickles them again for
+    # the worker ranks, by reference, so that name has to be importable on every rank.
+    module = sys.modules["__main__"]
+    sys.modules[module.__name__] = module
 
 
 class _Terminated(BaseException):
@@ -136,54 +169,147 @@ def _on_sigterm(signum, frame):
     raise _Terminated(f"received signal {signum} (scancel or the job's time limit)")
 
 
-def _run_rank0(comm, jobdir: str, job: dict) -> None:
-    import socket
-    import time
-
-    from .backends.mpi import MPIBackend, MPIPool
-    from .tasks import loads, pack_outcomes
+def _job_backend(pool, n_workers: int):
+    """The MPI scheduler on this job's pool (not acme.mpi_run's global one)."""
+    from .backends.mpi import MPIBackend
 
     class JobBackend(MPIBackend):
-        """The MPI scheduler on this job's pool (not acme.mpi_run's global one)."""
-
-        def __init__(self, pool, n_workers):
-            super().__init__(n_workers=n_workers)
-            self._job_pool = pool
+        def __init__(self, job_pool, workers):
+            super().__init__(n_workers=workers)
+            self._job_pool = job_pool
 
         def _pool(self):
             return self._job_pool
 
+    return JobBackend(pool, n_workers)
+
+
+class _MapNotStarted(Exception):
+    """Serve mode: a map's function could not be loaded; no call was sent, every rank
+    is ready for the next map."""
+
+
+def _run_calls(comm, pool, jobdir: str, job: Optional[dict], serving: bool = False) -> None:
+    """Run the calls of ``jobdir`` on ``pool``, every outcome to ``outcomes.bin``.
+
+    ``job`` None: read ``jobdir/job.json`` first (serve mode). With ``serving``, a
+    failure to load the map (before any call was sent) is recorded as ``("refused",
+    text)`` and raises :class:`_MapNotStarted`; other failures are recorded as
+    ``("error", text)`` and propagate.
+    """
+    import socket
+    import time
+
+    from .backends.mpi import WorkerLoadError
+    from .tasks import loads, pack_outcomes
+
     writer = RecordWriter(os.path.join(jobdir, OUTCOMES_FILE))
-    pool = MPIPool(comm, script_loaded=True)  # rank 0 tries pickle, then cloudpickle
     started = time.time()
+    loading = True
     try:
+        if job is None:
+            job = read_job(jobdir)
         with open(os.path.join(jobdir, CONTEXT_FILE), "rb") as fh:
             context = loads(fh.read())
         with open(os.path.join(jobdir, TASKS_FILE), "rb") as fh:
             tasks = loads(fh.read())
+        loading = False
         n_workers = int(job.get("n_workers") or max(1, comm.size - 1))
         writer.write("start", {"host": socket.gethostname(), "ranks": comm.size,
                                "pid": os.getpid(), "calls": len(tasks),
                                "job_id": os.environ.get("SLURM_JOB_ID")})
-        backend = JobBackend(pool, n_workers)
+        backend = _job_backend(pool, n_workers)
         for item in backend.run(context, tasks, timeout=job.get("timeout")):
             # one CallOutcome or a packed batch of them: always written packed
             writer.write("batch", item if isinstance(item, tuple) else pack_outcomes([item]))
         writer.write("done", dict(backend.stats, job_seconds=time.time() - started))
     except BaseException as exc:
         text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        refused = serving and isinstance(exc, Exception) and (
+            loading or isinstance(exc, WorkerLoadError))
         try:
-            writer.write("error", text)
+            writer.write("refused" if refused else "error", text)
         except Exception:  # the exception itself matters more
             pass
+        if refused:
+            raise _MapNotStarted(text) from exc
         raise
     finally:
         writer.close()
+
+
+def _run_rank0(comm, jobdir: str, job: dict) -> None:
+    from .backends.mpi import MPIPool
+    pool = MPIPool(comm, script_loaded=True)  # rank 0 tries pickle, then cloudpickle
+    try:
+        _run_calls(comm, pool, jobdir, job)
+    finally:
+        pool.shutdown()
+
+
+def _write_json(path: str, data: dict) -> None:
+    """Write ``path`` whole or not at all (a temporary name, then rename)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh)
+    os.replace(tmp, path)
+
+
+def _orphaned(pooldir: str, seconds: Optional[float], since: float) -> bool:
+    """Whether the submitting process stopped touching ``POOLDIR/alive`` (it died
+    without stopping the pool) for ``seconds``, counted from ``since`` at the earliest
+    (when this rank started serving: a slow start is no silence)."""
+    import time
+    if not seconds:
+        return False
+    try:
+        touched = os.stat(os.path.join(pooldir, ALIVE_FILE)).st_mtime
+    except OSError:
+        return False
+    return time.time() - max(touched, since) > seconds
+
+
+def _serve_rank0(comm, pooldir: str, job: dict) -> None:
+    """Serve mode on rank 0: run ``map_0001/``, ``map_0002/``, ... until ``stop``."""
+    import socket
+    import time
+
+    from .backends.mpi import MPIPool
+    pool = MPIPool(comm, script_loaded=True)
+    try:
+        _write_json(os.path.join(pooldir, READY_FILE),
+                    {"host": socket.gethostname(), "ranks": comm.size, "pid": os.getpid(),
+                     "job_id": os.environ.get("SLURM_JOB_ID"), "time": time.time()})
+        number, delay, since = 1, 0.001, time.time()
+        while True:
+            folder = map_folder(pooldir, number)
+            if os.path.isdir(folder):
+                log.info("map %d: %s", number, folder)
+                try:
+                    _run_calls(comm, pool, folder, None, serving=True)
+                except _MapNotStarted as exc:
+                    log.error("map %d could not start; waiting for the next one:\n%s",
+                              number, exc)
+                number, delay = number + 1, 0.001
+                continue
+            if os.path.exists(os.path.join(pooldir, STOP_FILE)):
+                log.info("asked to stop after %d map(s)", number - 1)
+                return
+            if _orphaned(pooldir, job.get("orphan_seconds"), since):
+                log.warning("the submitting process has not been heard of for %s s: "
+                            "ending the pool", job.get("orphan_seconds"))
+                return
+            time.sleep(delay)
+            delay = min(delay * 2, SERVE_MAX_DELAY)
+    finally:
         pool.shutdown()
 
 
 def main(argv: Optional[list] = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    serving = bool(args) and args[0] == "--serve"
+    if serving:
+        args = args[1:]
     if len(args) != 1 or args[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if args and args[0] in ("-h", "--help") else 2
@@ -209,20 +335,24 @@ def main(argv: Optional[list] = None) -> int:
         serve(comm, script_loaded=True)
         return 0
 
-    log.info("rank 0 of %d on %s: running %s", comm.size, os.uname().nodename, jobdir)
+    log.info("rank 0 of %d on %s: %s %s", comm.size, os.uname().nodename,
+             "serving the maps of" if serving else "running", jobdir)
     if comm.size == 1:
         log.warning("the job has 1 rank: there are no worker ranks, so every call runs "
                     "on rank 0")
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        _run_rank0(comm, jobdir, job)
+        if serving:
+            _serve_rank0(comm, jobdir, job)
+        else:
+            _run_rank0(comm, jobdir, job)
     except BaseException:
         traceback.print_exc()
         print(f"acme.slurm_job: rank 0 failed; ending all {comm.size} ranks",
               file=sys.stderr)
         sys.stderr.flush()
         comm.Abort(1)
-    log.info("all calls done")
+    log.info("pool stopped" if serving else "all calls done")
     return 0
 
 

@@ -21,6 +21,7 @@ import logging
 import os
 import pickle
 import signal
+import socket
 import time
 import traceback
 from collections import deque
@@ -35,12 +36,17 @@ from .base import Backend, BatchSizer
 
 log = logging.getLogger("acme")
 
-__all__ = ["MPIBackend", "MPIPool", "serve", "ParallelSingleFileSink"]
+__all__ = ["MPIBackend", "MPIPool", "serve", "ParallelSingleFileSink", "WorkerLoadError"]
 
 TAG_TO_WORKER = 11
 TAG_TO_MASTER = 12
 #: Batches a worker rank holds at once (one running, the rest queued).
 PREFETCH = 2
+
+
+class WorkerLoadError(RuntimeError):
+    """A worker rank could not load a map's function and arguments. Raised before any
+    call was sent: every rank is ready for the next map."""
 
 
 def _receive(comm, source: int, tag: int, max_delay: float):
@@ -95,7 +101,8 @@ def serve(comm, script_loaded: bool = True) -> None:
             context.rank = comm.rank
         except BaseException as exc:  # noqa: BLE001 - reported to rank 0
             error = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        comm.gather(error, root=0)
+        # with this worker's host name, so rank 0 can say where calls were (multi-node)
+        comm.gather((error, socket.gethostname()), root=0)
         if not comm.bcast(None, root=0):
             continue
         sink = context.sink
@@ -122,6 +129,8 @@ class MPIPool:
         self.comm = comm
         self.script_loaded = script_loaded
         self.workers = list(range(1, comm.size))
+        #: host name of each worker rank (as each worker reports it at a map's start)
+        self.hosts: dict = {}
         self.closed = False
 
     def shutdown(self) -> None:
@@ -203,13 +212,15 @@ class MPIBackend(Backend):
         comm.bcast(payload, root=0)
         self.stats["bytes_to_workers"] += len(payload) * len(pool.workers)
         self.stats["messages_to_workers"] += len(pool.workers)
-        errors = comm.gather(None, root=0)[1:]
-        failed = [(rank, text) for rank, text in enumerate(errors, start=1) if text]
+        replies = comm.gather(None, root=0)[1:]  # (error or None, host) per worker rank
+        pool.hosts = {rank: host for rank, (_, host) in enumerate(replies, start=1)}
+        self.stats["worker_hosts"] = dict(pool.hosts)
+        failed = [(rank, text) for rank, (text, _) in enumerate(replies, start=1) if text]
         comm.bcast(not failed, root=0)
         if failed:
             rank, text = failed[0]
-            raise RuntimeError(f"worker rank {rank} could not load the function and its "
-                               f"arguments:\n{text}")
+            raise WorkerLoadError(f"worker rank {rank} (host {pool.hosts[rank]}) could not "
+                                  f"load the function and its arguments:\n{text}")
         sink = context.sink
         if hasattr(sink, "collective_open"):
             sink.collective_open(comm)
@@ -242,13 +253,18 @@ class MPIBackend(Backend):
                 kind, batch = pickle.loads(message)
                 sizer.record_batch(batch)
                 yield batch
-        except BaseException:
+        except BaseException as exc:
             held = {rank: [t[0] for batch in batches for t in batch]
                     for rank, batches in in_flight.items() if batches}
-            log.error("the MPI run was interrupted: calls %s were running on worker "
-                      "ranks %s and %d calls had not started; their results are missing",
-                      sorted(i for calls in held.values() for i in calls),
-                      sorted(held), len(pending))
+            where = ", ".join(f"rank {rank} on {pool.hosts.get(rank, '?')}"
+                              for rank in sorted(held))
+            message = (f"the MPI run was interrupted: calls "
+                       f"{sorted(i for calls in held.values() for i in calls)} were running "
+                       f"on worker ranks {sorted(held)} and {len(pending)} calls had not "
+                       f"started; their results are missing" + (f" ({where})" if where else ""))
+            log.error("%s", message)
+            if hasattr(exc, "add_note"):  # Python 3.11+: shown with the traceback, e.g.
+                exc.add_note(message)     # in the error a SLURM job reports home
             raise
         for request in sends:
             request.wait()

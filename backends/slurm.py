@@ -52,21 +52,23 @@ variables, or register a configured backend::
 Faults: a job that is cancelled, hits its time limit or fails raises
 :class:`SlurmJobError` naming the job id, its state and the SLURM output log; results
 already written stay on disk. Ctrl-C here cancels the job and waits until it is gone.
+
+With ``pool=`` (a :class:`~acme.backends.slurm_pool.SlurmPool` from
+:func:`acme.slurm_cluster_setup`) nothing is submitted: the calls go to the running
+allocation (see :mod:`acme.backends.slurm_pool`).
+
+The SLURM commands, partitions and job planning live in :mod:`acme.backends.slurm_site`
+(its public names are importable from here too).
 """
 from __future__ import annotations
 
-import atexit
 import json
 import logging
-import math
 import multiprocessing
 import os
 import random
-import re
 import shlex
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -78,277 +80,19 @@ from acme.slurm_job import (CONTEXT_FILE, JOB_FILE, OUTCOMES_FILE, TASKS_FILE,
 from acme.tasks import CallOutcome, CallTask, WorkerContext, dumps
 
 from .base import Backend
+from .slurm_site import (  # noqa: F401 - names of this module before the split
+    ACTIVE_STATES, END_GRACE_SECONDS, MAX_AUTO_WORKERS, MEMORY_MARGIN, WAITING_STATES,
+    WORKER_BASE_MB, PartitionInfo, SlurmJobError, SlurmSetupTimeout,
+    SlurmSubmitError, _cancel, _job_record, _job_state, _key_values, _live_jobs,
+    _log_tail, _parse_mb, _parse_minutes, _python_path, _sbatch_quote, _slurm,
+    _wait_until_gone, choose_partition, in_slurm_allocation, job_error, plan_job,
+    read_partitions, slurm_usable, submit, time_text, write_job_script)
 
 log = logging.getLogger("acme")
 
 __all__ = ["SlurmBackend", "SlurmJobError", "SlurmSetupTimeout", "SlurmSubmitError",
            "PartitionInfo", "read_partitions", "choose_partition", "slurm_usable",
-           "in_slurm_allocation"]
-
-#: States in which a job still exists as far as ``squeue`` is concerned.
-ACTIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED",
-                 "RESIZING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING",
-                 "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD", "SPECIAL_EXIT"}
-#: States of a job that has not started yet.
-WAITING_STATES = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",
-                  "RESV_DEL_HOLD"}
-
-#: Memory (MB) a worker rank needs besides what a call allocates: the interpreter with
-#: numpy, h5py, mpi4py and MPI (a rank measured ≈ 60 MB here; the rest is headroom).
-WORKER_BASE_MB = 200
-#: A call's measured extra memory is multiplied by this for the request.
-MEMORY_MARGIN = 1.2
-#: n_workers="auto" never asks for more worker ranks than this.
-MAX_AUTO_WORKERS = 64
-#: Seconds a job may take to leave squeue after its last result before we cancel it.
-END_GRACE_SECONDS = 30.0
-
-
-class SlurmSubmitError(RuntimeError):
-    """``sbatch`` refused the job (no job id exists)."""
-
-
-class SlurmJobError(RuntimeError):
-    """The SLURM job ended (or was stopped) before every call had a result.
-
-    Attributes
-    ----------
-    job_id : str
-    state : str
-        SLURM's JobState (CANCELLED, TIMEOUT, FAILED, ...), or PENDING when it never
-        started.
-    log_path : str
-        The job's SLURM output file (stdout and stderr of every rank).
-    missing : list of int
-        Calls without a result.
-    """
-
-    def __init__(self, message: str, job_id: str, state: str, log_path: str,
-                 missing: Optional[list] = None, exit_code: str = ""):
-        super().__init__(message)
-        self.job_id = job_id
-        self.state = state
-        self.log_path = log_path
-        self.missing = list(missing or [])
-        self.exit_code = exit_code
-
-    def __reduce__(self):
-        return (type(self), (self.args[0], self.job_id, self.state, self.log_path,
-                             self.missing, self.exit_code))
-
-
-class SlurmSetupTimeout(SlurmJobError, TimeoutError):
-    """The job did not leave PENDING within ``setup_timeout`` (it was cancelled)."""
-
-
-# ------------------------------------------------------------------- SLURM queries
-def _slurm(args: list, timeout: float = 30.0, check: bool = True) -> subprocess.CompletedProcess:
-    """Run a SLURM command; raise RuntimeError with its message when it fails."""
-    try:
-        proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
-    except FileNotFoundError as exc:
-        raise RuntimeError(f"{args[0]} not found: the SLURM client commands have to be "
-                           "on PATH for backend='slurm'") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise RuntimeError(f"`{' '.join(args)}` did not answer within {timeout:g} s "
-                           "(is slurmctld reachable?)") from exc
-    if check and proc.returncode != 0:
-        raise RuntimeError(f"`{' '.join(args)}` failed (exit code {proc.returncode}): "
-                           f"{(proc.stderr or proc.stdout).strip()}")
-    return proc
-
-
-_usable: Optional[bool] = None
-
-
-def slurm_usable(refresh: bool = False) -> bool:
-    """Whether SLURM can take jobs from here: ``sbatch`` is on PATH and ``sinfo``
-    answers (checked once per process unless ``refresh``)."""
-    global _usable
-    if _usable is None or refresh:
-        ok = all(shutil.which(c) for c in ("sbatch", "sinfo", "scontrol"))
-        # `scontrol ping` says in milliseconds whether slurmctld is down; `sinfo`
-        # alone would retry for ≈ 10 s first
-        for cmd in (["scontrol", "ping"], ["sinfo", "-h", "-o", "%P"]):
-            if not ok:
-                break
-            try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=10,
-                                      stdin=subprocess.DEVNULL)
-                ok = proc.returncode == 0 and bool(proc.stdout.strip())
-            except (OSError, subprocess.TimeoutExpired):
-                ok = False
-        _usable = ok
-    return _usable
-
-
-def in_slurm_allocation() -> bool:
-    """Whether this process runs inside a SLURM job (batch script, salloc or srun)."""
-    return any(os.environ.get(v) for v in ("SLURM_JOB_ID", "SLURM_JOBID"))
-
-
-def _parse_minutes(text: str) -> Optional[float]:
-    """A SLURM time ("10", "10:00", "1:00:00", "2-12", "2-12:30:00") in minutes;
-    None for UNLIMITED/infinite."""
-    text = str(text).strip()
-    if not text or text.upper() in ("UNLIMITED", "INFINITE", "NONE", "N/A"):
-        return None
-    days = 0
-    if "-" in text:
-        day_text, text = text.split("-", 1)
-        days = int(day_text)
-        parts = [int(p) for p in text.split(":")] + [0, 0]
-        hours, minutes, seconds = parts[0], parts[1], parts[2]
-    else:
-        parts = [int(p) for p in text.split(":")]
-        if len(parts) == 1:
-            hours, minutes, seconds = 0, parts[0], 0
-        elif len(parts) == 2:
-            hours, (minutes, seconds) = 0, parts
-        else:
-            hours, minutes, seconds = parts[:3]
-    return days * 1440 + hours * 60 + minutes + seconds / 60
-
-
-def _parse_mb(text: str) -> Optional[float]:
-    text = str(text).strip().rstrip("+")
-    if not text or text.upper() in ("UNLIMITED", "N/A", "0", "(NULL)"):
-        return None
-    match = re.match(r"^(\d+(?:\.\d+)?)([KMGT]?)$", text, re.IGNORECASE)
-    if not match:
-        return None
-    scale = {"": 1.0, "K": 1 / 1024, "M": 1.0, "G": 1024.0, "T": 1024.0 ** 2}
-    return float(match.group(1)) * scale[match.group(2).upper()]
-
-
-@dataclass
-class PartitionInfo:
-    """What acme needs to know about one partition."""
-
-    name: str
-    default: bool = False
-    up: bool = True
-    total_cpus: int = 0
-    idle_cpus: Optional[int] = None
-    cpus_per_node: int = 0
-    nodes: int = 0
-    node_mem_mb: Optional[float] = None
-    max_time_min: Optional[float] = None      # None: unlimited
-    def_mem_per_cpu: Optional[float] = None
-    max_mem_per_cpu: Optional[float] = None
-    max_mem_per_node: Optional[float] = None
-
-    @property
-    def mem_per_cpu_limit(self) -> Optional[float]:
-        """Most memory one CPU (one worker) can get here, in MB (None: unknown)."""
-        if self.max_mem_per_cpu:
-            return self.max_mem_per_cpu
-        per_node = self.max_mem_per_node or self.node_mem_mb
-        if per_node and self.cpus_per_node:
-            return per_node / self.cpus_per_node
-        return None
-
-    @property
-    def total_mem_mb(self) -> Optional[float]:
-        per_node = self.max_mem_per_node or self.node_mem_mb
-        return per_node * self.nodes if per_node and self.nodes else None
-
-    def describe(self) -> str:
-        limit = self.mem_per_cpu_limit
-        time_text = "no time limit" if self.max_time_min is None else \
-            f"at most {self.max_time_min:g} min"
-        return (f"{self.name} ({self.total_cpus} CPUs, "
-                f"{'?' if limit is None else f'{limit:.0f}'} MB per CPU at most, "
-                f"{'?' if self.def_mem_per_cpu is None else f'{self.def_mem_per_cpu:.0f}'}"
-                f" MB by default, {time_text})")
-
-
-def _key_values(line: str) -> dict:
-    out = {}
-    for token in line.split():
-        key, sep, value = token.partition("=")
-        if sep:
-            out[key] = value
-    return out
-
-
-def read_partitions() -> dict:
-    """Partitions from ``sinfo -h -o "%P %a %m %l %c %D %C"`` and ``scontrol show
-    partition`` (DefMemPerCPU, MaxMemPerCPU, MaxTime, ...)."""
-    parts: dict[str, PartitionInfo] = {}
-    out = _slurm(["sinfo", "-h", "-o", "%P %a %m %l %c %D %C"]).stdout
-    for line in out.splitlines():
-        fields = line.split()
-        if len(fields) < 7:
-            continue
-        raw_name, avail, mem, limit, cpus, nodes, cpu_states = fields[:7]
-        name = raw_name.rstrip("*")
-        info = parts.setdefault(name, PartitionInfo(name, default=raw_name.endswith("*")))
-        info.up = info.up and avail.lower() == "up"
-        n_nodes = int(nodes) if nodes.isdigit() else 0
-        n_cpus = int(cpus.rstrip("+")) if cpus.rstrip("+").isdigit() else 0
-        info.nodes += n_nodes
-        info.total_cpus += n_nodes * n_cpus
-        info.cpus_per_node = max(info.cpus_per_node, n_cpus)
-        node_mem = _parse_mb(mem)
-        if node_mem is not None:  # the smallest node decides what surely fits
-            info.node_mem_mb = node_mem if info.node_mem_mb is None else \
-                min(info.node_mem_mb, node_mem)
-        info.max_time_min = _parse_minutes(limit)
-        states = cpu_states.split("/")  # allocated/idle/other/total
-        if len(states) == 4 and states[1].isdigit():
-            info.idle_cpus = (info.idle_cpus or 0) + int(states[1])
-    try:
-        text = _slurm(["scontrol", "show", "partition", "-o"]).stdout
-    except RuntimeError as exc:
-        log.debug("scontrol show partition failed (%s): using sinfo only", exc)
-        text = ""
-    for line in text.splitlines():
-        kv = _key_values(line)
-        info = parts.get(kv.get("PartitionName", ""))
-        if info is None:
-            continue
-        info.def_mem_per_cpu = _parse_mb(kv.get("DefMemPerCPU", ""))
-        info.max_mem_per_cpu = _parse_mb(kv.get("MaxMemPerCPU", ""))
-        info.max_mem_per_node = _parse_mb(kv.get("MaxMemPerNode", ""))
-        if kv.get("TotalCPUs", "").isdigit():
-            info.total_cpus = int(kv["TotalCPUs"])
-        if "MaxTime" in kv:
-            info.max_time_min = _parse_minutes(kv["MaxTime"])
-        if kv.get("Default") == "YES":
-            info.default = True
-        if kv.get("State") and kv["State"] != "UP":
-            info.up = False
-    return parts
-
-
-def choose_partition(partitions: dict, need_mb: float,
-                     time_limit_min: Optional[float] = None) -> tuple:
-    """The partition whose most memory per CPU fits ``need_mb`` with the least waste,
-    among those that are up and allow ``time_limit_min``; returns ``(info, reason)``."""
-    usable = [p for p in partitions.values() if p.up and (
-        time_limit_min is None or p.max_time_min is None or p.max_time_min >= time_limit_min)]
-    if not usable:
-        raise RuntimeError("no SLURM partition is up" + (
-            f" and allows a time limit of {time_limit_min:g} min" if time_limit_min else "")
-            + f": {', '.join(p.describe() for p in partitions.values())}")
-    known = [p for p in usable if p.mem_per_cpu_limit is not None]
-    fitting = [p for p in known if p.mem_per_cpu_limit >= need_mb]
-    listing = ", ".join(p.describe() for p in usable)
-    if fitting:
-        best = min(fitting, key=lambda p: (p.mem_per_cpu_limit - need_mb, not p.default,
-                                           p.name))
-        return best, (f"it allows {best.mem_per_cpu_limit:.0f} MB per CPU, the least "
-                      f"waste above the {need_mb:.0f} MB a worker needs; partitions: "
-                      f"{listing}")
-    if known:
-        best = max(known, key=lambda p: p.mem_per_cpu_limit)
-        return best, (f"no partition allows the {need_mb:.0f} MB a worker needs per CPU; "
-                      f"{best.name} allows the most ({best.mem_per_cpu_limit:.0f} MB); "
-                      f"partitions: {listing}")
-    best = next((p for p in usable if p.default), usable[0])
-    return best, f"the memory limits of the partitions are unknown; partitions: {listing}"
+           "in_slurm_allocation", "start_allocation"]
 
 
 # --------------------------------------------------------------- memory dry run
@@ -422,89 +166,17 @@ def probe_memory(context: WorkerContext, tasks: list, seconds: float) -> MemoryP
     return MemoryProbe(task[0], extra, time.monotonic() - start, finished, error)
 
 
-# -------------------------------------------------------------------- live jobs
-_live_jobs: set = set()
-
-
-def _cancel(job_id: str) -> None:
-    """``scancel ID``, not interrupted by a second Ctrl-C."""
-    previous = None
-    try:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    except ValueError:  # not the main thread
-        pass
-    try:
-        _slurm(["scancel", str(job_id)], timeout=30, check=False)
-    except RuntimeError as exc:
-        log.error("could not cancel SLURM job %s: %s", job_id, exc)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-
-
-@atexit.register
-def _cancel_live_jobs_at_exit() -> None:
-    for job_id in list(_live_jobs):
-        log.warning("cancelling SLURM job %s (this process ends)", job_id)
-        _cancel(job_id)
-        _live_jobs.discard(job_id)
-
-
-def _job_state(job_id: str) -> tuple:
-    """``(state, reason)`` from squeue; ``(None, "")`` when squeue no longer lists it."""
-    proc = _slurm(["squeue", "-h", "-j", str(job_id), "-o", "%T|%r"], check=False)
-    if proc.returncode != 0:
-        if "invalid job id" in (proc.stderr or "").lower():
-            return None, ""
-        raise RuntimeError(f"squeue -j {job_id} failed: {proc.stderr.strip()}")
-    line = proc.stdout.strip().splitlines()
-    if not line:
-        return None, ""
-    state, _, reason = line[0].partition("|")
-    state = state.strip().upper()
-    if state not in ACTIVE_STATES:
-        return None, reason
-    return state, reason.strip()
-
-
-def _job_record(job_id: str) -> dict:
-    """``scontrol show job ID`` as a dict (JobState, ExitCode, Reason, StdOut, ...)."""
-    proc = _slurm(["scontrol", "show", "job", "-o", str(job_id)], check=False)
-    return _key_values(proc.stdout) if proc.returncode == 0 else {}
-
-
-def _wait_until_gone(job_id: str, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            state, _ = _job_state(job_id)
-        except RuntimeError:
-            state = "?"
-        if state is None:
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.2)
-
-
-def _log_tail(path: str, lines: int = 15) -> str:
-    try:
-        with open(path, errors="replace") as fh:
-            tail = fh.readlines()[-lines:]
-    except OSError:
-        return ""
-    return "".join(tail).rstrip()
-
-
 # -------------------------------------------------------------------- backend
 class SlurmBackend(Backend):
-    """Every call of a ``compute()`` runs in one MPI job submitted with ``sbatch``."""
+    """Every call of a ``compute()`` runs in one MPI job submitted with ``sbatch``;
+    with ``pool=`` (a running :class:`~acme.backends.slurm_pool.SlurmPool`) the calls
+    run on that job's ranks instead and nothing is submitted."""
 
     name = "slurm"
     #: Options set by :meth:`configured` subclasses.
     default_options: dict = {}
 
-    def __init__(self, n_workers: Optional[int] = None, **options):
+    def __init__(self, n_workers: Optional[int] = None, pool=None, **options):
         options = {**self.default_options, **options}
         self.requested_workers = n_workers
         super().__init__(n_workers=n_workers or 1, **options)
@@ -528,6 +200,12 @@ class SlurmBackend(Backend):
         self.job_dir: Optional[str] = None
         self._chosen: Optional[str] = None
         self._on_disk = True
+        #: the running SLURM worker pool the calls go to (None: submit a job per run)
+        self.pool = pool
+        if pool is not None:
+            self.n_workers = max(1, min(n_workers or pool.n_workers, pool.n_workers))
+            self._chosen = pool.partition
+            self._pool_options(n_workers)
 
     @classmethod
     def configured(cls, **options) -> type:
@@ -536,27 +214,32 @@ class SlurmBackend(Backend):
         return type(f"{cls.__name__}Configured", (cls,),
                     {"default_options": {**cls.default_options, **options}})
 
-    @staticmethod
-    def _time_text(value) -> Optional[str]:
-        if value is None or value == "":
-            return None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if value <= 0:
-                raise ValueError(f"`time_limit` has to be positive, not {value!r}")
-            return str(int(math.ceil(value)))
-        text = str(value).strip()
-        try:
-            _parse_minutes(text)
-        except ValueError:
-            raise ValueError(f"`time_limit` has to be minutes or a SLURM time such as "
-                             f"'1:30:00' or '2-00:00:00', not {value!r}") from None
-        return text
+    _time_text = staticmethod(time_text)
 
     @classmethod
     def is_available(cls) -> bool:
         return slurm_usable()
 
+    def _pool_options(self, n_workers: Optional[int]) -> None:
+        """Say which of this map's settings a running pool cannot follow."""
+        pool = self.pool
+        if n_workers and n_workers > pool.n_workers:
+            log.warning("n_workers=%d, but the SLURM worker pool (job %s) has %d worker "
+                        "rank(s): the map runs on those", n_workers, pool.job_id,
+                        pool.n_workers)
+        if self.partition not in ("auto", pool.partition):
+            log.warning("partition=%r is ignored: the map runs on the SLURM worker pool "
+                        "(job %s) in partition %r", self.partition, pool.job_id,
+                        pool.partition)
+        if self.mem_per_worker_mb and pool.mem_mb and self.mem_per_worker_mb > pool.mem_mb:
+            log.warning("mem_per_worker=%.0f MB is more than the %.0f MB per worker of "
+                        "the SLURM worker pool (job %s) the map runs on",
+                        self.mem_per_worker_mb, pool.mem_mb, pool.job_id)
+
     def describe(self) -> str:
+        if self.pool is not None:
+            return (f"slurm backend on the worker pool of job {self.pool.job_id} "
+                    f"(partition {self.pool.partition}, {self.n_workers} worker rank(s))")
         workers = self.requested_workers or "auto"
         partition = self._chosen or self.partition
         return f"slurm backend (partition {partition}, {workers} worker(s), one sbatch job)"
@@ -570,69 +253,12 @@ class SlurmBackend(Backend):
 
     # ------------------------------------------------------------ planning
     def _plan(self, context: WorkerContext, tasks: list) -> dict:
-        partitions = read_partitions()
-        if not partitions:
-            raise RuntimeError("sinfo lists no SLURM partition")
-        time_min = _parse_minutes(self.time_limit) if self.time_limit else None
-        need_mb = self.mem_per_worker_mb
-        if self.partition == "auto":
-            if len(partitions) == 1:
-                info = next(iter(partitions.values()))
-                reason = "it is the only partition"
-            else:
-                if need_mb is None:
-                    need_mb = self._measure(context, tasks)
-                    basis = "measured"
-                else:
-                    basis = "asked for (mem_per_worker)"
-                info, reason = choose_partition(partitions, need_mb, time_min)
-                reason = f"{basis} need {need_mb:.0f} MB per worker: {reason}"
-            log.info("SLURM partition %r chosen: %s", info.name, reason)
-        else:
-            info = partitions.get(self.partition)
-            if info is None:
-                raise ValueError(f"`partition` {self.partition!r} is not a SLURM partition "
-                                 f"here; sinfo lists {sorted(partitions)}")
-        self._chosen = info.name
-
-        if self.mem_per_worker_mb is not None:
-            mem = self.mem_per_worker_mb
-            limit = info.mem_per_cpu_limit
-            if limit is not None and mem > limit:
-                log.warning("mem_per_worker %.0f MB is more than partition %s allows per "
-                            "CPU (%.0f MB): SLURM gives each task more CPUs instead "
-                            "(or refuses the job)", mem, info.name, limit)
-        else:
-            # the partition's default, or more when the dry run measured more
-            known = [m for m in (info.def_mem_per_cpu, need_mb) if m]
-            mem = max(known) if known else None
-            if mem is not None and info.mem_per_cpu_limit is not None:
-                mem = min(mem, info.mem_per_cpu_limit)
-
-        n_calls = len(tasks)
-        if self.requested_workers:
-            n_workers = max(1, min(self.requested_workers, n_calls))
-        else:
-            # one worker per CPU that is idle now (so the job can start at once), or
-            # per CPU of the partition when (almost) none is; rank 0 takes one CPU
-            slots = info.total_cpus or 2
-            if info.idle_cpus is not None and info.idle_cpus >= 2:
-                slots = min(slots, info.idle_cpus)
-            if mem and info.total_mem_mb:
-                slots = min(slots, int(info.total_mem_mb // mem))
-            n_workers = max(1, min(n_calls, slots - 1, MAX_AUTO_WORKERS))
-            log.info("n_workers='auto': %d worker rank(s) for %d calls (partition %s: %d "
-                     "CPUs, %s idle)", n_workers, n_calls, info.name, info.total_cpus,
-                     "?" if info.idle_cpus is None else info.idle_cpus)
-        ntasks = n_workers + 1
-        overcommit = bool(info.total_cpus) and ntasks > info.total_cpus
-        if overcommit:
-            log.warning("%d tasks (n_workers + 1) are more than the %d CPUs of partition "
-                        "%s: submitting with --overcommit, so several ranks share a CPU",
-                        ntasks, info.total_cpus, info.name)
-        self.n_workers = n_workers
-        return {"partition": info.name, "mem_mb": mem, "n_workers": n_workers,
-                "ntasks": ntasks, "overcommit": overcommit, "time": self.time_limit}
+        plan = plan_job(self.partition, self.mem_per_worker_mb, self.requested_workers,
+                        self.time_limit, len(tasks),
+                        measure=lambda: self._measure(context, tasks))
+        self._chosen = plan["partition"]
+        self.n_workers = plan["n_workers"]
+        return plan
 
     def _measure(self, context: WorkerContext, tasks: list) -> float:
         probe = probe_memory(context, tasks, self.probe_seconds)
@@ -676,67 +302,29 @@ class SlurmBackend(Backend):
     def _write_job(self, folder: str, context: WorkerContext, tasks: list, plan: dict,
                    timeout: Optional[float]) -> str:
         from acme.layout import file_stem
-        by_value = _has_cloudpickle()
-        main_script = None
-        if not by_value and getattr(context.func, "__module__", None) == "__main__":
-            main_script = _main_script_for_workers(context.func)
-        context_bytes = dumps(context, "The function or one of its constant arguments",
-                              by_value=by_value)
-        tasks_bytes = dumps(tasks, "A varying argument", by_value=by_value)
-        with open(os.path.join(folder, CONTEXT_FILE), "wb") as fh:
-            fh.write(context_bytes)
-        with open(os.path.join(folder, TASKS_FILE), "wb") as fh:
-            fh.write(tasks_bytes)
+        main_script = write_work(folder, context, tasks)
         job = {"timeout": timeout, "n_workers": plan["n_workers"], "calls": len(tasks),
                "main_script": main_script, "python": sys.executable, **plan}
         with open(os.path.join(folder, JOB_FILE), "w", encoding="utf-8") as fh:
             json.dump(job, fh, indent=1)
-
         name = self.job_name or f"acme_{file_stem(context.func)}"
-        lines = ["#!/bin/bash",
-                 f"# Written by acme's SLURM backend: {len(tasks)} calls of "
-                 f"{getattr(context.func, '__qualname__', context.func)!s}",
-                 f"# on {plan['n_workers']} worker rank(s) + 1 scheduling rank. "
-                 "Resubmit with: sbatch job.sh",
-                 f"#SBATCH --job-name={_sbatch_quote(name)}",
-                 f"#SBATCH --partition={_sbatch_quote(plan['partition'])}",
-                 f"#SBATCH --ntasks={plan['ntasks']}",
-                 f"#SBATCH --output={_sbatch_quote(os.path.join(folder, 'slurm-%j.out'))}",
-                 f"#SBATCH --chdir={_sbatch_quote(os.getcwd())}"]
-        if plan["mem_mb"]:
-            lines.append(f"#SBATCH --mem-per-cpu={int(math.ceil(plan['mem_mb']))}M")
-        if plan["time"]:
-            lines.append(f"#SBATCH --time={plan['time']}")
-        if plan["overcommit"]:
-            lines.append("#SBATCH --overcommit")
-        lines += ["",
-                  "# the submitting process's import path (its script folder, the tests, ...)",
-                  f"export PYTHONPATH={shlex.quote(_python_path())}",
-                  "export PYTHONUNBUFFERED=1",
-                  f"srun {shlex.quote(sys.executable)} -m acme.slurm_job "
-                  f"{shlex.quote(folder)}", ""]
-        script = os.path.join(folder, "job.sh")
-        with open(script, "w", encoding="utf-8") as fh:
-            fh.write("\n".join(lines))
-        os.chmod(script, 0o755)
-        return script
+        comment = [f"Written by acme's SLURM backend: {len(tasks)} calls of "
+                   f"{getattr(context.func, '__qualname__', context.func)!s}",
+                   f"on {plan['n_workers']} worker rank(s) + 1 scheduling rank. "
+                   "Resubmit with: sbatch job.sh"]
+        return write_job_script(folder, plan, name, comment, [folder])
 
     def _submit(self, script: str, folder: str) -> str:
-        cmd = ["sbatch", "--parsable", *self.sbatch_args, script]
-        proc = _slurm(cmd, timeout=60, check=False)
-        if proc.returncode != 0:
-            raise SlurmSubmitError(
-                f"sbatch refused the job (exit code {proc.returncode}): "
-                f"{(proc.stderr or proc.stdout).strip()}; job script: {script}")
-        job_id = proc.stdout.strip().split(";")[0].strip()
-        if not job_id.isdigit():
-            raise SlurmSubmitError(f"sbatch gave no job id: {proc.stdout!r} "
-                                   f"{proc.stderr!r}; job script: {script}")
-        return job_id
+        return submit(script, self.sbatch_args)
 
     # ------------------------------------------------------------ running
     def run(self, context: WorkerContext, tasks: list[CallTask],
             timeout: Optional[float] = None) -> Iterator[CallOutcome]:
+        if self.pool is not None:  # a running allocation: no job to submit
+            self.pool.check()
+            if tasks:
+                yield from self.pool.run_map(context, tasks, timeout, self)
+            return
         if not tasks:
             return
         plan = self._plan(context, tasks)
@@ -884,25 +472,7 @@ class SlurmBackend(Backend):
             log.info("SLURM job %s %s (exit code %s); its output: %s", job_id, state,
                      exit_code, log_path)
 
-    @staticmethod
-    def _job_error(job_id, state, exit_code, log_path, missing, n_calls, error_text,
-                   on_disk=True):
-        shown = ", ".join(map(str, missing[:20])) + (", ..." if len(missing) > 20 else "")
-        why = {"CANCELLED": "was cancelled", "TIMEOUT": "hit its time limit",
-               "FAILED": "failed", "OUT_OF_MEMORY": "ran out of memory",
-               "NODE_FAIL": "lost a node", "PREEMPTED": "was preempted",
-               "BOOT_FAIL": "could not boot its node"}.get(state, "ended")
-        message = (f"SLURM job {job_id} {why} (JobState={state}, ExitCode={exit_code}) "
-                   f"before {len(missing)} of {n_calls} calls had a result (calls {shown}). "
-                   + ("Results already written stay on disk. " if on_disk else "")
-                   + f"SLURM output log: {log_path}")
-        if error_text:
-            message += "\nThe job's rank 0 reported:\n" + error_text.rstrip()
-        else:
-            tail = _log_tail(log_path)
-            if tail:
-                message += "\nLast lines of the log:\n" + tail
-        return SlurmJobError(message, job_id, state, log_path, missing, exit_code)
+    _job_error = staticmethod(job_error)
 
     def _late_start(self, job_id: str, state: str, reason: str, waited: float,
                     log_path: str) -> str:
@@ -980,25 +550,30 @@ def _main_script_for_workers(func) -> str:
     return path
 
 
-def _python_path() -> str:
-    """This process's import path minus the interpreter's own folders, for the job."""
-    prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix,
-                                              sys.exec_prefix)}
-    entries = []
-    for entry in sys.path:
-        path = os.path.realpath(entry or os.getcwd())
-        if not os.path.isdir(path) or any(path == p or path.startswith(p + os.sep)
-                                          for p in prefixes):
-            continue
-        if path not in entries:
-            entries.append(path)
-    existing = os.environ.get("PYTHONPATH")
-    return os.pathsep.join(entries + ([existing] if existing else []))
 
 
-def _sbatch_quote(value: str) -> str:
-    value = str(value)
-    return f'"{value}"' if re.search(r"\s", value) else value
+def write_work(folder: str, context: WorkerContext, tasks: list) -> Optional[str]:
+    """Write ``context.pkl`` and ``tasks.pkl`` into ``folder``; return the ``__main__``
+    script the job's ranks have to load (None: nothing to load: the function travels
+    by value with cloudpickle, or lives in an importable module)."""
+    by_value = _has_cloudpickle()
+    main_script = None
+    if not by_value and getattr(context.func, "__module__", None) == "__main__":
+        main_script = _main_script_for_workers(context.func)
+    context_bytes = dumps(context, "The function or one of its constant arguments",
+                          by_value=by_value)
+    tasks_bytes = dumps(tasks, "A varying argument", by_value=by_value)
+    with open(os.path.join(folder, CONTEXT_FILE), "wb") as fh:
+        fh.write(context_bytes)
+    with open(os.path.join(folder, TASKS_FILE), "wb") as fh:
+        fh.write(tasks_bytes)
+    return main_script
+
+
+def start_allocation(**kwargs):
+    """See :func:`acme.backends.slurm_pool.start_allocation`."""
+    from .slurm_pool import start_allocation as start
+    return start(**kwargs)
 
 
 def _remove_quietly(path: str) -> None:

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The project's single test command: installs what the tests need, installs acme in editable
-# mode, starts the one-node SLURM test cluster (stopped again on exit), runs pytest.
+# mode, starts the one-node SLURM test cluster (stopped again on exit), runs pytest -- all of
+# tests/, including the multi-node suite (tests/test_multinode.py: three network-namespace
+# nodes built and removed by scripts/multinode.sh; needs root, skipped without it, a failure
+# under CI). The exit trap also runs 'scripts/multinode.sh down'.
 #
 #   bash scripts/run_tests.sh [pytest arguments...]      e.g. -k mpi -x
 #
@@ -17,7 +20,19 @@ else
     echo "[run_tests] no setup.cfg yet: skipping 'pip install -e .'"
 fi
 
-trap 'bash scripts/slurm_cluster.sh stop || true' EXIT
+# On every exit -- also when pytest was killed before the multi-node fixture could tear
+# its cluster down (tests/test_multinode.py runs scripts/multinode.sh up/down itself) --
+# remove the multi-node cluster (idempotent: nothing to do when it is not up) and stop
+# the one-node cluster. INT/TERM are turned into an exit so that this trap runs.
+cleanup() {
+    if [ "$(id -u)" -eq 0 ]; then
+        bash scripts/multinode.sh down || true
+    fi
+    bash scripts/slurm_cluster.sh stop || true
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 bash scripts/slurm_cluster.sh start
 # srun/sbatch also find the cluster through /etc/slurm/slurm.conf; this names it explicitly.
 export SLURM_CONF="${ACME_SLURM_DIR:-/tmp/acme-slurm}/slurm.conf"
