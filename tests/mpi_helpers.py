@@ -26,6 +26,19 @@ def require_mpi() -> None:
             "MPI tests need Open MPI's mpiexec and mpi4py (bash scripts/install_test_deps.sh)")
 
 
+def require_slurm() -> None:
+    """Skip (fail under CI) unless a SLURM cluster takes jobs here and mpi4py exists."""
+    from acme.backends.slurm import slurm_usable
+    try:
+        import mpi4py  # noqa: F401
+        has_mpi4py = True
+    except ImportError:
+        has_mpi4py = False
+    require(has_mpi4py and slurm_usable(refresh=True),
+            "SLURM tests need a running SLURM cluster (bash scripts/slurm_cluster.sh "
+            "start) and mpi4py")
+
+
 def require_parallel_h5py() -> None:
     import h5py
     require(h5py.get_config().mpi,

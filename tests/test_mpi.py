@@ -8,44 +8,16 @@ import pickle
 import re
 import sys
 
-import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "mpi_scripts"))
 
 import modes  # noqa: E402
+from modes import assert_same, split_ranks  # noqa: E402
 from mpi_helpers import require_mpi, require_parallel_h5py, run_mpi  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
-
-def split_ranks(mode, data):
-    """Replace the rank each call reported by None; return (data, ranks)."""
-    ranks = []
-    if mode == "memory":
-        data["values"] = [(a, t, ranks.append(r)) for a, t, r in data["values"]]
-    elif mode == "pickle":
-        data["values"] = [(a, t, ranks.append(r)) for a, t, r in data["values"]]
-    elif mode in ("files", "vds", "single_shape", "single_groups"):
-        for name, group in data["content"].items():
-            if name.startswith("comp_"):
-                ranks.append(int(group.pop("result_2")[0]))
-    return data, ranks
-
-
-def assert_same(a, b):
-    if isinstance(a, dict):
-        assert set(a) == set(b)
-        for key in a:
-            assert_same(a[key], b[key])
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b)
-        for x, y in zip(a, b):
-            assert_same(x, y)
-    elif isinstance(a, np.ndarray):
-        np.testing.assert_array_equal(a, b)
-    else:
-        assert a == b
 
 
 @pytest.mark.parametrize("mode", sorted(modes.MODES))

@@ -33,6 +33,7 @@ from conftest import TESTS_DIR, require
 sys.path.insert(0, str(TESTS_DIR / "mpi_scripts"))
 
 import modes  # noqa: E402
+from modes import assert_same, split_ranks  # noqa: E402
 
 REPO = TESTS_DIR.parent
 MULTINODE = REPO / "scripts" / "multinode.sh"
@@ -175,32 +176,6 @@ def check_where(stdout: str) -> list:
             f"a worker on {host} ran other acme code: {code}"
     return [(host, address, rank) for host, address, rank, _, _ in calls]
 
-
-def split_ranks(mode, data):
-    """Take out the rank each call reported (it differs between backends)."""
-    ranks = []
-    if mode in ("memory", "pickle"):
-        data["values"] = [(a, t, ranks.append(r)) for a, t, r in data["values"]]
-    elif mode in ("files", "vds", "single_shape", "single_groups"):
-        for name, group in data["content"].items():
-            if name.startswith("comp_"):
-                ranks.append(int(group.pop("result_2")[0]))
-    return data, ranks
-
-
-def assert_same(a, b):
-    if isinstance(a, dict):
-        assert set(a) == set(b)
-        for key in a:
-            assert_same(a[key], b[key])
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b)
-        for x, y in zip(a, b):
-            assert_same(x, y)
-    elif isinstance(a, np.ndarray):
-        np.testing.assert_array_equal(a, b)
-    else:
-        assert a == b
 
 
 def compare_with_local(mode: str, tmp_path: Path, summary: Path) -> list:

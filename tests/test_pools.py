@@ -22,7 +22,8 @@ import pytest
 
 import acme
 from acme import ParallelMap, clusters
-from conftest import TESTS_DIR, require, run_script
+from conftest import TESTS_DIR, run_script
+from mpi_helpers import require_slurm
 
 sys.path.insert(0, str(TESTS_DIR / "mpi_scripts"))
 
@@ -234,18 +235,6 @@ def test_the_seeds_attributes_prepare_input_and_cleanup(no_leftover_processes):
 
 
 # ================================================================ SLURM pools
-def require_slurm() -> None:
-    from acme.backends.slurm import slurm_usable
-    try:
-        import mpi4py  # noqa: F401
-        has_mpi4py = True
-    except ImportError:
-        has_mpi4py = False
-    require(has_mpi4py and slurm_usable(refresh=True),
-            "SLURM pool tests need a running SLURM cluster (bash scripts/slurm_cluster.sh "
-            "start) and mpi4py")
-
-
 @pytest.fixture
 def slurm(tmp_path):
     """Require SLURM; afterwards stop the test's pools and cancel, by job id, every job

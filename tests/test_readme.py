@@ -7,15 +7,18 @@
   ``# first prints: TEXT``).
 * An example whose first line is ``# needs: mpi`` runs under
   ``mpiexec -n 3 python -m acme.mpi_run script.py`` (:func:`mpi_helpers.run_mpi`);
-  one marked ``# needs: slurm`` is skipped (see SLURM_REASON). No other example may
-  need anything but a plain ``python3``.
+  one marked ``# needs: slurm`` is run with plain ``python3`` and submits to the
+  SLURM test cluster (skipped without one, a failure under CI). No other example
+  may need anything but a plain ``python3``.
 * Every ``.. code-block:: bash`` block but the first (the set-up commands) runs in a
   folder where the nearest Python example above it was written to ``script.py`` and
   run first (unless a command of the block runs ``script.py`` itself), i.e. as a
   reader following the README would. Each command must exit with 0, or with N when
   its comment says ``exit code N``. ``python3``, ``acme`` and ``mpiexec`` commands run
-  for real; ``srun``/``sbatch``/``salloc`` ones are skipped (see SLURM_REASON); any
-  other command fails the test until a rule for it is added here.
+  for real; a block of only ``srun``/``sbatch`` lines is a batch script and is
+  submitted with ``sbatch --wait`` next to the script before it; ``srun``/``sbatch``
+  lines inside other blocks are not run; any other command fails the test until a
+  rule for it is added here.
 * The benchmark commands of the Performance section are too slow to run here: each
   script must exist and accept ``--help``, and every option the README names for it
   must appear in that help.
@@ -42,9 +45,6 @@ README = REPO / "README.rst"
 
 pytestmark = pytest.mark.timeout(300)
 
-SLURM_REASON = ("needs SLURM: the README test never submits jobs (the cluster may be "
-                "shared); tests/test_slurm.py tests the slurm backend, srun and sbatch "
-                "against the test cluster")
 NEEDS = re.compile(r"^#\s*needs:\s*(\w+)\s*$")
 PRINTS = re.compile(r"#\s*(?:first\s+)?prints:\s*(.*?)\s*$")
 EXIT_CODE = re.compile(r"#.*\bexit code (\d+)")
@@ -129,7 +129,12 @@ def run_python_block(block: Block, folder: Path) -> None:
     script = folder / "script.py"
     script.write_text(block.code, encoding="utf-8")
     if block.needs == "slurm":
-        pytest.skip(f"README example at line {block.line} {SLURM_REASON}")
+        from mpi_helpers import require_slurm
+        require_slurm()
+        run = run_script(script, timeout=240, cwd=folder)
+        assert run.returncode == 0, f"README example at line {block.line}:\n{run}"
+        check_prints(block, run.stdout, "the script submitted to SLURM")
+        return
     if block.needs == "mpi":
         from mpi_helpers import run_mpi
         proc = run_mpi(str(script), 3, timeout=120, cwd=folder)
@@ -189,6 +194,23 @@ def command_argv(words: list):
                 "how to run: add a rule for it in command_argv()")
 
 
+def run_batch_script(block: Block, folder: Path) -> None:
+    """A README batch script (``#SBATCH`` lines, then ``srun ...``) submitted for real
+    with ``sbatch --wait`` next to the script of the example before it."""
+    from mpi_helpers import require_slurm
+    require_slurm()
+    script_block = python_block_before(block)
+    assert script_block is not None, f"the batch script at line {block.line} runs no script"
+    (folder / "script.py").write_text(script_block.code, encoding="utf-8")
+    (folder / "job.sh").write_text(block.code, encoding="utf-8")
+    proc = run_command(["sbatch", "--wait", "--overcommit", "--output", "job.out", "job.sh"],
+                       folder, timeout=180)
+    log = (folder / "job.out").read_text() if (folder / "job.out").exists() else ""
+    assert proc.returncode == 0, (f"the batch script at line {block.line} failed:\n"
+                                  f"{proc.stdout}\n{proc.stderr}\n--- job.out ---\n{log}")
+    check_prints(script_block, log, "the batch job")
+
+
 # ------------------------------------------------------------------ tests
 def test_the_readme_starts_with_the_two_set_up_commands():
     first = BLOCKS[0]
@@ -216,14 +238,12 @@ def test_shell_example(block, tmp_path):
     assert lines, f"the shell block at line {block.line} has no command"
     commands = [(line, shlex.split(line, comments=True)) for line in lines]
     if all(words[0] in ("srun", "sbatch", "salloc") for _, words in commands):
-        pytest.skip(f"the shell block at line {block.line} {SLURM_REASON}")
+        run_batch_script(block, tmp_path)
+        return
 
     script_block = python_block_before(block)
     runs_script = any("script.py" in words for _, words in commands)
     if script_block is not None:
-        if script_block.needs == "slurm":
-            pytest.skip(f"the shell block at line {block.line} follows an example that "
-                        f"{SLURM_REASON}")
         if runs_script:
             (tmp_path / "script.py").write_text(script_block.code, encoding="utf-8")
         else:

@@ -18,14 +18,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from conftest import TESTS_DIR, require, run_script
+from conftest import TESTS_DIR, run_script
+from mpi_helpers import require_slurm
 
 sys.path.insert(0, str(TESTS_DIR / "mpi_scripts"))
 
 import modes  # noqa: E402
+from modes import assert_same, split_ranks  # noqa: E402
 
 REPO = TESTS_DIR.parent
 JOBS = TESTS_DIR / "slurm_scripts" / "jobs.py"
@@ -34,18 +35,6 @@ MODES_ON_SLURM = TESTS_DIR / "slurm_scripts" / "modes_on_slurm.py"
 
 
 # ------------------------------------------------------------------ helpers
-def require_slurm() -> None:
-    from acme.backends.slurm import slurm_usable
-    try:
-        import mpi4py  # noqa: F401
-        has_mpi4py = True
-    except ImportError:
-        has_mpi4py = False
-    require(has_mpi4py and slurm_usable(refresh=True),
-            "SLURM tests need a running SLURM cluster (bash scripts/slurm_cluster.sh "
-            "start) and mpi4py")
-
-
 def slurm_env(**extra) -> dict:
     env = dict(os.environ)
     env.update(PYTHONUNBUFFERED="1")
@@ -160,32 +149,6 @@ def background(tmp_path):
     for bg in started:
         bg.kill()
 
-
-def split_ranks(mode, data):
-    """Take out the rank each call reported (it differs between backends)."""
-    ranks = []
-    if mode in ("memory", "pickle"):
-        data["values"] = [(a, t, ranks.append(r)) for a, t, r in data["values"]]
-    elif mode in ("files", "vds", "single_shape", "single_groups"):
-        for name, group in data["content"].items():
-            if name.startswith("comp_"):
-                ranks.append(int(group.pop("result_2")[0]))
-    return data, ranks
-
-
-def assert_same(a, b):
-    if isinstance(a, dict):
-        assert set(a) == set(b)
-        for key in a:
-            assert_same(a[key], b[key])
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b)
-        for x, y in zip(a, b):
-            assert_same(x, y)
-    elif isinstance(a, np.ndarray):
-        np.testing.assert_array_equal(a, b)
-    else:
-        assert a == b
 
 
 def compare_with_local(mode, tmp_path, summary):
