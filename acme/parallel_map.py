@@ -111,6 +111,22 @@ class ParallelMap:
         Number of calls.
     results_container : str or None
         After a run with results on disk: the path of the container file.
+    stats : dict
+        After a run: what it cost, e.g. ``seconds``, ``first_result_seconds``,
+        ``bytes_to_workers`` (bytes really sent to the workers), ``ran`` and
+        ``resumed`` (calls run now and found done by ``resume``).
+
+    Raises
+    ------
+    TypeError
+        A parameter of the wrong type, or a function (or argument) that cannot be
+        sent to worker processes.
+    ValueError
+        A parameter with a wrong value, arguments whose number of calls cannot be
+        inferred or is 0, or an ``output_dir`` that holds another run.
+    acme.ArgumentMismatchError
+        ``func`` cannot be called with the arguments given (both a ValueError and a
+        TypeError).
     """
 
     objName = "<ParallelMap>"
