@@ -49,7 +49,10 @@ def require_parallel_h5py() -> None:
 def mpi_env() -> dict:
     env = dict(os.environ)
     env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-               OMPI_MCA_rmaps_base_oversubscribe="1", PYTHONUNBUFFERED="1")
+               OMPI_MCA_rmaps_base_oversubscribe="1", PYTHONUNBUFFERED="1",
+               # when a rank dies, give the others 3 s between SIGTERM and SIGKILL
+               # (default 1 s) so rank 0 can record the calls that were lost
+               OMPI_MCA_odls_base_sigkill_timeout="3")
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(SCRIPTS)] +
                                         ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     return env
