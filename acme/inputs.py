@@ -72,12 +72,6 @@ class CallPlan:
     def varying_keywords(self) -> list[str]:
         return [name for name, arg in self.keywords.items() if arg.varying]
 
-    def varying_values(self, index: int) -> tuple[tuple, tuple]:
-        """Only the values that differ between calls (what is sent per call)."""
-        pos = tuple(self.positional[k].value[index] for k in self.varying_positions)
-        kw = tuple(self.keywords[n].value[index] for n in self.varying_keywords)
-        return pos, kw
-
     def tasks(self, skip: Optional[set] = None) -> list[tuple]:
         """``(index, varying positional values, varying keyword values)`` per call,
         in order, leaving out the indices in ``skip``."""

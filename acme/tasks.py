@@ -135,13 +135,6 @@ def pack_outcomes(outcomes: list) -> tuple:
             [o for o in outcomes if not o.ok])
 
 
-def unpack_outcomes(batch: tuple) -> list:
-    indices, values, durations, failed = batch
-    out = [CallOutcome(i, v, None, d) for i, v, d in zip(indices, values, durations)]
-    out.extend(failed)
-    return out
-
-
 def sendable(batch: tuple) -> tuple:
     """The batch, with every value that cannot be pickled replaced by a failure
     of its call saying so."""

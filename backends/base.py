@@ -34,10 +34,6 @@ class BatchSizer:
         self.total = 0.0
         self.count = 0
 
-    def record(self, duration: float) -> None:
-        self.total += duration
-        self.count += 1
-
     def record_batch(self, batch: tuple) -> None:
         """Record every call of a packed batch (see acme.tasks.pack_outcomes)."""
         durations, failed = batch[2], batch[3]
