@@ -57,7 +57,8 @@ def _load_script_on_worker(path: str) -> None:
     """Define the script's functions on a worker without running its main block.
 
     The module is registered as ``__main__`` so that functions pickled on rank 0 by
-    reference (``__main__.f``) are found here.
+    reference (``__main__.f``) are found here, and under its own name, which its
+    functions carry when this rank pickles them again for others.
     """
     module = types.ModuleType("__acme_worker__")
     module.__file__ = path
@@ -65,6 +66,7 @@ def _load_script_on_worker(path: str) -> None:
     with open(path, "rb") as fh:
         code = compile(fh.read(), path, "exec")
     sys.modules["__main__"] = module
+    sys.modules[module.__name__] = module
     exec(code, module.__dict__)
 
 

@@ -155,10 +155,6 @@ def _load_main_script(path: str) -> None:
     from .mpi_run import _load_script_on_worker
     sys.path.insert(0, os.path.dirname(path))
     _load_script_on_worker(path)
-    # Its functions call their module "__acme_worker__": rank 0 pickles them again for
-    # the worker ranks, by reference, so that name has to be importable on every rank.
-    module = sys.modules["__main__"]
-    sys.modules[module.__name__] = module
 
 
 class _Terminated(BaseException):

@@ -23,6 +23,7 @@ import numpy as np
 from .errors import CallFailure
 from .inputs import CallPlan
 from .layout import OutputLayout
+from .sinks import _remove_quietly
 
 __all__ = ["RunState", "fingerprint", "describe_difference", "StateError"]
 
@@ -122,10 +123,7 @@ def _write_json_atomic(path: str, data: dict) -> None:
             json.dump(data, fh, indent=1, default=str)
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
+        _remove_quietly(tmp)
         raise
 
 
