@@ -17,8 +17,8 @@ from .errors import CallFailure, ParallelMapError, failure_report
 from .layout import OutputLayout, default_output_dir, file_stem
 from .logs import FILE_ONLY, run_logging
 from .progress import Progress
-from .state import (STATE_DIR, RunState, StateError, completed_calls, describe_difference,
-                    fingerprint, stored_shape)
+from .fingerprint import describe_difference, fingerprint
+from .state import STATE_DIR, RunState, StateError, completed_calls, stored_shape
 from .sinks import InMemorySink, PayloadSink, PickleSink, Stored, stack_in_memory
 from .tasks import WorkerContext, check_sendable, pack_outcomes
 
