@@ -14,7 +14,7 @@ import datetime
 import glob
 import json
 import os
-from typing import Any, Optional
+from typing import Optional
 
 from .errors import CallFailure
 from .layout import OutputLayout
