@@ -65,7 +65,7 @@ fi
 # --no-build-isolation they must already satisfy h5py's pyproject.toml (h5py 3.16 needs
 # setuptools>=77.0.1 and packaging>=23; an older setuptools fails on `project.license`).
 PIP_REQS=(numpy mpi4py 'Cython>=3,<4' 'pkgconfig>=1.5.5' 'setuptools>=77.0.1' 'packaging>=23'
-          wheel pytest pytest-timeout hypothesis cloudpickle psutil)
+          wheel pytest pytest-timeout hypothesis cloudpickle psutil pandas)
 
 pip_complete() {
     "$PY" - "${PIP_REQS[@]}" <<'PYEOF'
