@@ -3,80 +3,378 @@
 A fingerprint is stored in ``.acme/run.json`` when a run starts; a resumed run
 computes its own and compares them, so that results of two different runs are never
 mixed in one folder.
+
+A digest must be exact (a changed value changes it) and stable across processes
+(``PYTHONHASHSEED`` differs between runs, so nothing may depend on ``hash()``, set
+iteration order or ``id()``). What is digested:
+
+* plain values, containers (sets and dicts order-free, as ``==`` compares them),
+  numpy arrays (dtype, shape, bytes; object arrays element by element; masked
+  arrays with their mask and fill value), numpy scalars;
+* functions defined in the user's own code by what they do: their bytecode,
+  constants, names, defaults, closure cells, attributes, and the module-level
+  globals their code reads (a global constant changed between runs changes the
+  results as much as an argument does); functions and classes of installed
+  packages and of the standard library by name and package version (digesting a
+  library's whole code would be slow and would not make the digest more useful);
+* partials, bound methods and other objects by their type and their state as
+  pickle sees it (``__reduce_ex__``): exactly what a worker process receives.
+
+What acme cannot digest soundly (an open file, a lock, a generator, an object whose
+``__reduce_ex__`` fails) makes that part of the fingerprint *unknown*, and an unknown
+part is never equal to anything: resume is refused, naming it. A function's reads
+that the code does not name (``getattr`` with a computed name, files, environment
+variables) cannot be seen by any fingerprint.
 """
 from __future__ import annotations
 
+import copyreg
+import functools
 import hashlib
-import pickle
+import logging
+import struct
+import sys
+import sysconfig
+import types
 from typing import Any
 
 import numpy as np
 
 from .inputs import CallPlan
 
-__all__ = ["fingerprint", "describe_difference"]
+__all__ = ["fingerprint", "describe_difference", "digest", "UNKNOWN"]
+
+#: Changed whenever what a digest covers changes: older records are not comparable.
+FORMAT = 2
+#: Prefix of a digest that could not be computed soundly (never equal to anything).
+UNKNOWN = "unknown: "
+#: Upper bound on the objects visited for one digest (shared objects count each time).
+_BUDGET = 2_000_000
+
+_SIMPLE = (int, float, complex, str, bytes, bool, type(None))
+_SLOT_TYPES = (types.MemberDescriptorType, types.GetSetDescriptorType,
+               types.WrapperDescriptorType, types.MethodDescriptorType,
+               types.BuiltinFunctionType, types.MethodWrapperType)
 
 
-def _digest(value: Any, h) -> None:
-    """Feed a canonical form of ``value`` into hash ``h`` (stable across processes:
-    no dependence on hash seeds or dict/set iteration order)."""
-    if isinstance(value, np.ndarray):
-        h.update(f"nd{value.dtype.str}{value.shape}".encode())
+class Undigestable(Exception):
+    """A value whose content acme cannot put into a fingerprint."""
+
+
+def _library_prefixes() -> tuple:
+    paths = sysconfig.get_paths()
+    prefixes = {paths[k] for k in ("stdlib", "platstdlib", "purelib", "platlib") if k in paths}
+    try:
+        import site
+        prefixes.update(site.getsitepackages())
+        prefixes.add(site.getusersitepackages())
+    except Exception:  # some embedded Pythons have no full site module
+        pass
+    return tuple(sorted(p.rstrip("/") + "/" for p in prefixes if p))
+
+
+_LIBRARY_PREFIXES = _library_prefixes()
+
+
+@functools.lru_cache(maxsize=None)
+def _module_is_library(name: str) -> bool:
+    """A module of the standard library or of an installed package (not user code)."""
+    if not name or name == "__main__":
+        return False
+    if name in sys.builtin_module_names or name.split(".")[0] in sys.builtin_module_names:
+        return True
+    module = sys.modules.get(name)
+    path = getattr(module, "__file__", None)
+    if path is None:
+        return module is not None  # frozen or built-in modules
+    return path.startswith(_LIBRARY_PREFIXES)
+
+
+def _library_version(module_name: str) -> str:
+    top = sys.modules.get(module_name.split(".")[0])
+    return str(getattr(top, "__version__", ""))
+
+
+class _Digest:
+    """One digest computation: a hash fed with tagged, length-prefixed tokens."""
+
+    def __init__(self):
+        self.h = hashlib.sha256()
+        self.path: list = []  # ids of the containers being digested (cycles)
+        self.budget = _BUDGET
+
+    def token(self, tag: str, payload: bytes = b"") -> None:
+        self.h.update(f"{tag}:{len(payload)}:".encode() + payload)
+
+    def sub(self, value: Any, names: frozenset = frozenset()) -> bytes:
+        """The digest of ``value`` on its own, e.g. one element of a set (so that
+        the order in which elements come does not matter)."""
+        other = _Digest()
+        other.path = list(self.path)
+        other.budget = self.budget
+        other.value(value, names)
+        self.budget = other.budget
+        return other.h.digest()
+
+    def value(self, value: Any, names: frozenset = frozenset()) -> None:
+        self.budget -= 1
+        if self.budget < 0:
+            raise Undigestable("the value is too large to fingerprint")
+        kind = type(value)
+        if kind in _SIMPLE:
+            return self._simple(value)
+        if id(value) in self.path:  # a cycle: say how far back it points
+            return self.token("cycle", str(len(self.path) - self.path.index(id(value))).encode())
+        self.path.append(id(value))
+        try:
+            self._compound(value, names)
+        finally:
+            self.path.pop()
+
+    def _simple(self, value: Any) -> None:
+        kind = type(value)
+        if kind is str:
+            self.token("str", value.encode("utf-8", "surrogatepass"))
+        elif kind is bytes:
+            self.token("bytes", value)
+        elif kind is float:
+            self.token("float", struct.pack("<d", value))
+        else:  # int, bool, complex, None: repr is exact and names the type
+            self.token(kind.__name__, repr(value).encode())
+
+    def _compound(self, value: Any, names: frozenset) -> None:
+        kind = type(value)
+        if kind in (list, tuple):
+            if all(type(v) in _SIMPLE for v in value):  # fast path: repr is exact here
+                return self.token(kind.__name__ + "-simple", repr(value).encode())
+            self.token(kind.__name__, str(len(value)).encode())
+            for item in value:
+                self.value(item)
+        elif kind is dict or kind is types.MappingProxyType:
+            self._unordered("dict", [(k, v) for k, v in value.items()])
+        elif kind in (set, frozenset):
+            self._unordered(kind.__name__, list(value))
+        elif isinstance(value, np.ndarray):
+            self._array(value)
+        elif isinstance(value, np.generic):
+            self.token("np." + kind.__name__, repr(value.dtype).encode() + value.tobytes())
+        elif isinstance(value, types.CodeType):
+            self._code(value)
+        elif isinstance(value, types.FunctionType):
+            self._function(value)
+        elif isinstance(value, types.MethodType):
+            self.token("method")
+            self.value(value.__func__)
+            self.value(value.__self__)
+        elif isinstance(value, functools.partial):
+            self.token("partial")
+            self.value(value.func)
+            self.value(value.args)
+            self.value(value.keywords)
+            self.value(value.__dict__)
+        elif isinstance(value, types.ModuleType):
+            self._module(value, names)
+        elif isinstance(value, type):
+            self._class(value)
+        elif isinstance(value, (staticmethod, classmethod)):
+            self.token(kind.__name__)
+            self.value(value.__func__)
+        elif isinstance(value, property):
+            self.token("property")
+            for part in (value.fget, value.fset, value.fdel):
+                self.value(part)
+        else:
+            self._object(value)
+
+    def _unordered(self, tag: str, items: list) -> None:
+        parts = sorted(self.sub(item) for item in items)
+        self.token(tag, b"".join(parts))
+
+    def _array(self, value: np.ndarray) -> None:
+        if type(value) is np.ma.MaskedArray:
+            self.token("masked")
+            self._array(np.ma.getdata(value))
+            self._array(np.ma.getmaskarray(value))
+            self.value(value.fill_value)
+            self.value(bool(value.hardmask))
+            return
+        if type(value) is not np.ndarray:  # a subclass: its attributes count too
+            self.value(type(value))
+            self._array(np.asarray(value).view(np.ndarray))
+            self.value(getattr(value, "__dict__", {}))
+            return
+        self.token("ndarray", f"{value.dtype!r}{value.shape}".encode())
         if value.dtype.hasobject:
             for item in value.flat:
-                _digest(item, h)
+                self.value(item)
         else:
-            h.update(np.ascontiguousarray(value).tobytes())
-    elif isinstance(value, (list, tuple)):
-        h.update(f"{type(value).__name__}{len(value)}[".encode())
-        for item in value:
-            _digest(item, h)
-        h.update(b"]")
-    elif isinstance(value, dict):
-        h.update(f"dict{len(value)}{{".encode())
-        for key in sorted(value, key=repr):
-            _digest(key, h)
-            _digest(value[key], h)
-        h.update(b"}")
-    elif isinstance(value, (set, frozenset)):
-        parts = []
-        for item in value:
-            sub = hashlib.sha256()
-            _digest(item, sub)
-            parts.append(sub.hexdigest())
-        h.update(f"set{sorted(parts)}".encode())
-    elif isinstance(value, (int, float, complex, str, bytes, bool, type(None), np.generic)):
-        h.update(f"{type(value).__name__}:{value!r}".encode())
-    else:
+            self.h.update(np.ascontiguousarray(value).view(np.uint8).data
+                          if value.size else b"")
+
+    def _code(self, code: types.CodeType) -> None:
+        self.token("code", code.co_code)
+        for attr in ("co_name", "co_argcount", "co_posonlyargcount", "co_kwonlyargcount",
+                     "co_flags", "co_names", "co_varnames", "co_freevars", "co_cellvars"):
+            self.value(getattr(code, attr, None))
+        self.value(code.co_consts)  # nested functions' code objects, recursively
+
+    def _function(self, func: types.FunctionType) -> None:
+        module = getattr(func, "__module__", None) or ""
+        qualname = getattr(func, "__qualname__", func.__name__)
+        if _module_is_library(module):
+            return self.token("libfunc", f"{module}.{qualname} {_library_version(module)}"
+                              .encode())
+        self.token("function", f"{module}.{qualname}".encode())
+        self._code(func.__code__)
+        self.value(func.__defaults__)
+        self.value(func.__kwdefaults__)
+        cells = func.__closure__ or ()
+        for cell in cells:
+            try:
+                contents = cell.cell_contents
+            except ValueError:  # a cell not filled yet
+                self.token("empty-cell")
+                continue
+            self.value(contents)
+        self.value(dict(func.__dict__))
+        self._globals(func)
+
+    def _globals(self, func: types.FunctionType) -> None:
+        """The module-level values the function's code (and nested code) names."""
+        names = _code_names(func.__code__)
+        scope = func.__globals__
+        for name in sorted(names):
+            if name in scope:
+                self.token("global", name.encode())
+                self.value(scope[name], names)
+
+    def _module(self, module: types.ModuleType, names: frozenset) -> None:
+        """A library module by name and version; a module of the user's own code by
+        the attributes the referring code names (``helpers.scale`` reads ``scale``)."""
+        name = module.__name__
+        if _module_is_library(name):
+            return self.token("libmodule", f"{name} {_library_version(name)}".encode())
+        self.token("module", name.encode())
+        for attr in sorted(names):
+            if attr in vars(module):
+                self.token("attr", attr.encode())
+                self.value(vars(module)[attr], names)
+
+    def _class(self, cls: type) -> None:
+        module = getattr(cls, "__module__", "") or ""
+        if _module_is_library(module):
+            return self.token("libclass", f"{module}.{cls.__qualname__} "
+                              f"{_library_version(module)}".encode())
+        self.token("class", f"{module}.{cls.__qualname__}".encode())
+        for base in cls.__mro__[1:]:
+            if not _module_is_library(getattr(base, "__module__", "") or ""):
+                self.token("base", f"{base.__module__}.{base.__qualname__}".encode())
+        for attr in sorted(vars(cls)):
+            if attr in ("__dict__", "__weakref__", "__module__", "__doc__", "__qualname__"):
+                continue
+            self.token("attr", attr.encode())
+            member = vars(cls)[attr]
+            if isinstance(member, _SLOT_TYPES):  # C-level slots and descriptors
+                self.token("slot", f"{type(member).__name__}".encode())
+            else:
+                self.value(member)
+        for base in cls.__mro__[1:]:
+            if not _module_is_library(getattr(base, "__module__", "") or ""):
+                self.value(base)
+
+    def _object(self, value: Any) -> None:
+        """Anything else: its type and its state as pickle would send it."""
+        kind = type(value)
+        module = getattr(kind, "__module__", "") or ""
         try:
-            h.update(pickle.dumps(value, protocol=4))
-        except Exception:
-            h.update(f"{type(value).__module__}.{type(value).__qualname__}".encode())
+            reducer = copyreg.dispatch_table.get(kind)  # as pickle looks it up
+            reduced = reducer(value) if reducer is not None else value.__reduce_ex__(4)
+        except Exception as exc:
+            raise Undigestable(f"a {module}.{kind.__qualname__} object cannot be "
+                               f"fingerprinted (it cannot be pickled: {exc})") from None
+        if isinstance(reduced, str):  # a global such as a builtin function: by name
+            where = getattr(value, "__module__", None) or module
+            self.token("global-ref", f"{where}.{reduced} {_library_version(where)}"
+                       .encode())
+            return
+        self.value(kind)
+        reduced = tuple(reduced) + (None,) * (6 - len(reduced))
+        constructor, args, state, items, dict_items = reduced[:5]
+        if constructor is copyreg._reconstructor or getattr(
+                constructor, "__name__", "") == "__newobj__":
+            self.token("reconstruct")
+        else:
+            self.value(constructor)
+        self.value(args)
+        self.value(state)
+        self.value(list(items) if items is not None else None)
+        self.value(dict(dict_items) if dict_items is not None else None)
 
 
-def _hex(value: Any) -> str:
-    h = hashlib.sha256()
-    _digest(value, h)
-    return h.hexdigest()[:16]
+def _code_names(code: types.CodeType) -> frozenset:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _code_names(const)
+    return frozenset(names)
+
+
+def digest(value: Any) -> str:
+    """A stable hex digest of ``value``, or ``UNKNOWN + reason`` when acme cannot
+    digest it soundly (such a digest is never equal to any other)."""
+    d = _Digest()
+    try:
+        d.value(value)
+    except Undigestable as exc:
+        return UNKNOWN + str(exc)
+    except RecursionError:
+        return UNKNOWN + "the value is nested too deeply to fingerprint"
+    except Exception as exc:  # user objects may raise anything from __reduce_ex__
+        return UNKNOWN + f"fingerprinting it failed ({type(exc).__name__}: {exc})"
+    return d.h.hexdigest()[:32]
 
 
 def fingerprint(plan: CallPlan, settings: dict) -> dict:
     """What identifies a run: the function, the calls, and how results are stored."""
     func = plan.func
+    name = getattr(func, "__qualname__", None) or type(func).__qualname__
     return {
-        "function": f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', func)}",
+        "format": FORMAT,
+        "python": "%d.%d" % sys.version_info[:2],
+        "function": f"{getattr(func, '__module__', None) or '?'}.{name}",
+        "function_digest": digest(func),
         "n_calls": plan.n_inputs,
-        "positional": [_hex(a.value) for a in plan.positional],
-        "keywords": {k: _hex(a.value) for k, a in sorted(plan.keywords.items())},
+        "positional": [digest(a.value) for a in plan.positional],
+        "keywords": {k: digest(a.value) for k, a in sorted(plan.keywords.items())},
         "settings": settings,
     }
 
 
+def _differs(what: str, old: Any, new: Any) -> list[str]:
+    """Why ``what`` cannot be taken as unchanged, or nothing when it is the same."""
+    for side, value in (("now", new), ("in the earlier run", old)):
+        if isinstance(value, str) and value.startswith(UNKNOWN):
+            return [f"{what} cannot be compared ({side}: {value[len(UNKNOWN):]}), so "
+                    "acme cannot tell whether it is unchanged"]
+    return [f"{what} has changed"] if old != new else []
+
+
 def describe_difference(old: dict, new: dict) -> list[str]:
-    """Human-readable differences between two fingerprints."""
+    """Human-readable reasons why the run recorded as ``old`` cannot be continued
+    as ``new`` (empty when they are the same)."""
+    if old.get("format") != new.get("format"):
+        return [f"the earlier run's record has fingerprint format {old.get('format')}, "
+                f"this acme writes format {new.get('format')}, so they cannot be compared"]
     diffs = []
+    if old.get("python") != new.get("python"):
+        diffs.append(f"the earlier run used Python {old.get('python')}, this one "
+                     f"Python {new.get('python')} (bytecode differs)")
     if old.get("function") != new.get("function"):
         diffs.append(f"the function was {old.get('function')}, now {new.get('function')}")
+    else:
+        diffs += _differs(f"the function {new.get('function')} (its code, defaults, "
+                          "closure or the globals it reads)",
+                          old.get("function_digest"), new.get("function_digest"))
     if old.get("n_calls") != new.get("n_calls"):
         diffs.append(f"the number of calls was {old.get('n_calls')}, now {new.get('n_calls')}")
     old_pos, new_pos = old.get("positional", []), new.get("positional", [])
@@ -84,14 +382,13 @@ def describe_difference(old: dict, new: dict) -> list[str]:
         diffs.append(f"the function got {len(old_pos)} positional arguments, now {len(new_pos)}")
     else:
         for k, (a, b) in enumerate(zip(old_pos, new_pos)):
-            if a != b:
-                diffs.append(f"positional argument {k} has changed")
+            diffs += _differs(f"positional argument {k}", a, b)
     old_kw, new_kw = old.get("keywords", {}), new.get("keywords", {})
     for key in sorted(set(old_kw) | set(new_kw)):
         if key not in old_kw or key not in new_kw:
             diffs.append(f"keyword argument {key!r} was {'added' if key in new_kw else 'removed'}")
-        elif old_kw[key] != new_kw[key]:
-            diffs.append(f"keyword argument {key!r} has changed")
+        else:
+            diffs += _differs(f"keyword argument {key!r}", old_kw[key], new_kw[key])
     old_set, new_set = old.get("settings", {}), new.get("settings", {})
     for key in sorted(set(old_set) | set(new_set)):
         if old_set.get(key) != new_set.get(key):
