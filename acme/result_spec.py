@@ -29,6 +29,11 @@ def parse_dtype(dtype: Any) -> np.dtype:
     except Exception as exc:  # numpy raises TypeError, ValueError, even SyntaxError
         raise TypeError(f"`result_dtype` has to be a numpy data type such as 'float' "
                         f"or 'int32', not {dtype!r} ({exc})") from None
+    if parsed.kind == "V":
+        raise TypeError(f"`result_dtype` {dtype!r} ({parsed}) is a structured or void "
+                        "type, which acme cannot stack; use a numeric type, bool or "
+                        "fixed-size bytes ('S10') and return structured values without "
+                        "result_shape")
     if parsed.hasobject or parsed.kind in "UMm":
         raise TypeError(f"`result_dtype` {dtype!r} ({parsed}) cannot be stored in HDF5 "
                         "as a stacked dataset; use a numeric type, bool or fixed-size "
@@ -98,11 +103,39 @@ class ResultSpec:
             raise ResultShapeError(
                 f"call {index} returned an array of shape {arr.shape}, but "
                 f"result_shape={self.describe()} expects shape {shown} per call")
-        if not np.can_cast(arr.dtype, self.dtype, casting="same_kind"):
+        return self.cast(arr, index)
+
+    def cast(self, arr: np.ndarray, index: int) -> np.ndarray:
+        """``arr`` as ``result_dtype``; a value that would change on the way (an
+        integer out of range or not exact as a float, a finite float that overflows
+        to inf, bytes that would be cut short) is an error naming it. Floats of lower
+        precision that stay finite are the point of e.g. ``result_dtype="float32"``."""
+        source, target = arr.dtype, self.dtype
+        if source == target:
+            return arr
+        integers = source.kind in "iub" and target.kind in "iu"
+        if not (integers or np.can_cast(source, target, casting="same_kind")):
             raise ResultShapeError(
-                f"call {index} returned values of dtype {arr.dtype}, which cannot be "
-                f"stored as result_dtype {self.dtype} without losing information")
-        return arr.astype(self.dtype, copy=False)
+                f"call {index} returned values of dtype {source}, which cannot be "
+                f"stored as result_dtype {target} without losing information")
+        with np.errstate(all="ignore"):
+            out = arr.astype(target)
+            if source.kind in "iub":  # integers must come back exactly (also as floats)
+                bad = out.astype(source) != arr
+            elif source.kind in "fc":  # lower precision is fine, overflow to inf is not
+                bad = np.isfinite(out) != np.isfinite(arr)
+            else:  # bytes: nothing cut off
+                bad = out != arr
+        if np.any(bad):
+            first = int(np.flatnonzero(bad)[0])
+            value, became = arr.flat[first], out.flat[first]
+            where = "" if arr.ndim == 0 else \
+                f" at index {tuple(int(i) for i in np.unravel_index(first, arr.shape))}"
+            raise ResultShapeError(
+                f"call {index} returned the value {value.item()!r}{where} (dtype {source}), "
+                f"which result_dtype {target} cannot hold: it would be stored as "
+                f"{became.item()!r}. Choose a result_dtype that holds every value.")
+        return out
 
     def describe(self) -> str:
         return "(" + ", ".join("None" if e is None else ("np.inf" if _is_inf(e) else str(e))

@@ -173,3 +173,69 @@ def test_resume_is_refused_when_an_argument_cannot_be_fingerprinted(tmp_path):
                      same.stderr), str(same)
     assert _markers(tmp_path) == list(range(N))
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+
+
+# ---------------------------------------------------------------- result_dtype casts
+CASTS = {  # result_dtype: (a value it holds, a value it cannot hold, how that one would end)
+    "int8": (100, 1000, "-24"),
+    "float32": (0.1, 1e300, "inf"),
+    "S3": (b"abc", b"abcd", "b'abc'"),
+}
+
+
+def two_values(x, dtype):
+    """Call 1 returns a value ``dtype`` cannot hold; the others one it can."""
+    good, bad, _ = CASTS[dtype]
+    return np.array([good, bad if x == 1 else good])
+
+
+def _mode_options(mode: str, out) -> dict:
+    if mode == "memory":
+        return {"write_worker_results": False}
+    return {"output_dir": str(out), "single_file": mode == "single_file"}
+
+
+@pytest.mark.parametrize("mode", ["memory", "files", "single_file"])
+@pytest.mark.parametrize("dtype", sorted(CASTS))
+def test_a_value_result_dtype_cannot_hold_fails_its_call(tmp_path, dtype, mode):
+    good, bad, became = CASTS[dtype]
+    out = tmp_path / "out"
+    with pytest.raises(ParallelMapError) as info:
+        with ParallelMap(two_values, list(range(4)), dtype, result_shape=(None, 2),
+                         result_dtype=dtype, backend="local", n_workers=2, verbose=False,
+                         **_mode_options(mode, out)) as pmap:
+            pmap.compute()
+    assert info.value.failed == [1], str(info.value)
+    message = str(info.value)
+    assert "call 1 " in message and repr(bad) in message and dtype in message, message
+    assert became in message, message
+    if mode == "memory":
+        return
+    for i in (0, 2, 3):  # the other calls are stored exactly as returned (cast)
+        stored = acme.load_call(str(out), i)[0]
+        np.testing.assert_array_equal(stored, np.array([good, good], dtype=dtype))
+        assert stored.dtype == np.dtype(dtype)
+    with pytest.raises(acme.MissingResultError):
+        acme.load_call(str(out), 1)
+
+
+def test_lower_precision_floats_are_what_result_dtype_float32_is_for(tmp_path):
+    """0.1 is not exact in float32, but finite: stored rounded, no error."""
+    with ParallelMap(two_values, [0, 2, 3], "float32", result_shape=(None, 2),
+                     result_dtype="float32", write_worker_results=False,
+                     backend="local", n_workers=2, verbose=False) as pmap:
+        values = pmap.compute()
+    np.testing.assert_array_equal(values, np.full((3, 2), 0.1, dtype="float32"))
+
+
+def test_an_integer_that_float64_cannot_hold_exactly_is_refused():
+    with pytest.raises(ParallelMapError, match=r"9007199254740993.*9007199254740992"):
+        ParallelMap(lambda x: x, [1, 2 ** 53 + 1], result_shape=(None,),
+                    write_worker_results=False, backend="sequential",
+                    verbose=False).compute()
+
+
+def test_a_structured_result_dtype_is_refused_up_front():
+    with pytest.raises(TypeError, match="result_dtype.*structured"):
+        ParallelMap(lambda x: x, [1, 2], result_shape=(None,),
+                    result_dtype=[("a", "f8"), ("b", "i4")])
