@@ -546,3 +546,69 @@ def wait_gone(pids, seconds: float) -> list[int]:
         time.sleep(0.05)
         left = [p for p in left if pid_alive(p)]
     return left
+
+
+def child_env(**extra) -> dict:
+    """The environment for scripts, mpiexec and SLURM jobs the suites start: the
+    caller's PYTHONPATH first (so a snapshot of acme under test wins), then this
+    checkout, tests/ and tests/conformance_scripts/; Open MPI allowed as root."""
+    env = dict(os.environ)
+    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+               OMPI_MCA_rmaps_base_oversubscribe="1", PYTHONUNBUFFERED="1",
+               OMPI_MCA_odls_base_sigkill_timeout="3", ACME_AUTO_SLURM="0")
+    parts = [env["PYTHONPATH"]] if env.get("PYTHONPATH") else []
+    env["PYTHONPATH"] = os.pathsep.join(parts + [str(TESTS_DIR.parent), str(TESTS_DIR),
+                                                 str(SCRIPTS_DIR)])
+    env.update(extra)
+    return env
+
+
+def run_group(cmd: list, timeout: float, cwd=None, env=None):
+    """Run ``cmd`` in its own session; on timeout (or after it ends) every process of
+    its group still alive is killed by the group id. Returns (returncode or None on
+    timeout, stdout, stderr, leftover PIDs that were still alive after it ended)."""
+    import subprocess
+    import tempfile
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                cwd=cwd, env=env or child_env(), start_new_session=True)
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            code = None
+        left = group_members(proc.pid)
+        if code is not None:
+            left = wait_group_gone(proc.pid, 3.0)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.wait()
+        out.seek(0)
+        err.seek(0)
+        return code, out.read(), err.read(), left
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of process group ``pgid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            found.append(int(entry.name))
+    return found
+
+
+def wait_group_gone(pgid: int, seconds: float) -> list[int]:
+    deadline = time.monotonic() + seconds
+    left = group_members(pgid)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = group_members(pgid)
+    return left

@@ -172,7 +172,7 @@ def test_every_mode_matches_the_reference(backend, tmp_path):
     """sequential: in this process; local: worker processes started per map."""
     start = time.perf_counter()
 
-    @hyp_settings(ci=12 if backend == "sequential" else 6, thorough=150)
+    @hyp_settings(ci=30 if backend == "sequential" else 10, thorough=200)
     @given(desc=map_descs())
     def check(desc):
         count(f"{backend}:examples")
@@ -193,7 +193,7 @@ def test_a_local_pool_reused_by_many_maps(tmp_path):
     start = time.perf_counter()
     pool = acme.local_cluster_setup(n_workers=2, interactive=False)
     try:
-        @hyp_settings(ci=6, thorough=60)
+        @hyp_settings(ci=10, thorough=80)
         @given(descs=st.lists(map_descs(), min_size=3, max_size=3),
                via_auto=st.booleans())
         def check(descs, via_auto):
@@ -213,3 +213,82 @@ def test_a_local_pool_reused_by_many_maps(tmp_path):
     record(f"conformance local pool: {COUNTS.get('pool:examples', 0)} examples, "
            f"{COUNTS.get('local pool:maps', 0)} maps on one pool, "
            f"{time.perf_counter() - start:.1f} s")
+
+
+# ================================================================== MPI and SLURM
+def test_mpi_maps_under_mpiexec(tmp_path):
+    """Batches of maps, every mode, in one ``mpiexec -n 3 python -m acme.mpi_run``
+    start each (a start costs 1-2 s), compared with the reference here."""
+    from mpi_helpers import require_mpi
+    from fault_helpers import child_env, run_group
+    require_mpi()
+    start = time.perf_counter()
+    script = SCRIPTS_DIR / "mpi_batch.py"
+
+    @hyp_settings(ci=5, thorough=25, shrink=False)
+    @given(descs=st.lists(map_descs(), min_size=4, max_size=4))
+    def check(descs):
+        count("mpi:starts")
+        job = [(d, m, new_dir(tmp_path)) for d in descs for m in modes_for(d)]
+        job_path = tmp_path / f"job{next(_counter)}.pkl"
+        out_path = tmp_path / f"outcomes{next(_counter)}.pkl"
+        with open(job_path, "wb") as fh:
+            pickle.dump(job, fh)
+        code, stdout, stderr, left = run_group(
+            ["mpiexec", "-n", "3", sys.executable, "-m", "acme.mpi_run", str(script),
+             str(job_path), str(out_path)], timeout=240, cwd=str(tmp_path), env=child_env())
+        outcomes = []
+        if out_path.exists():
+            with open(out_path, "rb") as fh:
+                outcomes = pickle.load(fh)
+        for (desc, mode, _), out in zip(job, outcomes):
+            assert_conforms(desc, mode, out, reference(desc), "mpi")
+        assert code == 0 and len(outcomes) == len(job), (
+            f"mpiexec exited {code} after {len(outcomes)} of {len(job)} maps\n"
+            f"--- stdout ---\n{stdout[-3000:]}\n--- stderr ---\n{stderr[-5000:]}")
+        assert not left, f"processes left after mpiexec ended: {left}"
+
+    check()
+    record(f"conformance mpi: {COUNTS.get('mpi:starts', 0)} mpiexec starts, "
+           f"{COUNTS.get('mpi:maps', 0)} maps, {time.perf_counter() - start:.1f} s")
+
+
+def test_a_slurm_pool_reused_by_many_maps(tmp_path):
+    """One SLURM job (acme.slurm_cluster_setup) runs maps of every mode, functions,
+    constants and folders one after another; the job is cancelled at the end."""
+    from mpi_helpers import require_slurm
+    require_slurm()
+    start = time.perf_counter()
+    pool = acme.slurm_cluster_setup(partition="small", n_workers=2, timeout=120,
+                                    interactive=False)
+    job_id = pool.job_id
+    try:
+        @hyp_settings(ci=4, thorough=25, shrink=False)
+        @given(descs=st.lists(map_descs(), min_size=2, max_size=2))
+        def check(descs):
+            count("slurm:examples")
+            for desc in descs:
+                ref = reference(desc)
+                for mode in modes_for(desc):
+                    out = run_map(desc, mode, pool, new_dir(tmp_path))
+                    assert_conforms(desc, mode, out, ref, "slurm pool")
+                    pool.check()  # still running
+
+        check()
+    finally:
+        acme.cluster_cleanup(pool)
+        if _job_listed(job_id):
+            subprocess.run(["scancel", job_id], capture_output=True, timeout=30)
+        deadline = time.monotonic() + 30
+        while _job_listed(job_id) and time.monotonic() < deadline:
+            time.sleep(0.5)
+    assert not _job_listed(job_id), f"SLURM job {job_id} is still listed after cleanup"
+    record(f"conformance slurm pool: {COUNTS.get('slurm:examples', 0)} examples, "
+           f"{COUNTS.get('slurm pool:maps', 0)} maps on job {job_id}, "
+           f"{time.perf_counter() - start:.1f} s")
+
+
+def _job_listed(job_id: str) -> bool:
+    proc = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%i"], capture_output=True,
+                          text=True, timeout=30)
+    return job_id in proc.stdout.split()
