@@ -13,6 +13,7 @@ The rules are esi-acme's (scripts rely on them), minus its known defects:
 from __future__ import annotations
 
 import inspect
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
@@ -106,11 +107,51 @@ def _split_length(value: Any, default: Any = inspect.Parameter.empty) -> Optiona
     return None
 
 
+def _single_element_array(value: Any, default: Any = inspect.Parameter.empty) -> bool:
+    """An array of one element (shape ``(1,)``, ``(1, 1)``, ...): split into one call
+    when nothing else says how many calls to make, as ``[5]`` is."""
+    return (isinstance(value, np.ndarray) and not isinstance(default, np.ndarray)
+            and value.ndim >= 1 and value.size == 1)
+
+
 def _as_sequence(value: Any) -> Any:
     """The per-call view of a splittable value (arrays squeezed to 1-D)."""
     if isinstance(value, np.ndarray):
-        return value.squeeze()
+        return value.reshape(1) if value.size == 1 else value.squeeze()
     return value
+
+
+#: What acme keeps per call while a map runs (task, result slot, note), at least;
+#: measured ≈ 110–200 bytes, rounded up for the backends' own copies.
+_BYTES_PER_CALL = 300
+
+
+def _available_memory() -> Optional[int]:
+    """Bytes of memory available to new allocations, or None if unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_affordable(n_calls: int, name: str) -> None:
+    """Refuse a number of calls whose bookkeeping alone cannot fit in memory, before
+    a bare MemoryError (or the OOM killer) ends the run."""
+    available = _available_memory()
+    need = n_calls * _BYTES_PER_CALL
+    if available is not None and need > available:
+        raise ValueError(
+            f"`n_inputs` is {n_calls}: that many calls of {name} need about "
+            f"{need / 2 ** 30:.3g} GiB of memory for acme's bookkeeping alone "
+            f"(≈ {_BYTES_PER_CALL} bytes per call), but {available / 2 ** 30:.3g} GiB are "
+            "available. Make fewer calls that each do more work.")
 
 
 def _describe_signature(func: Callable, sig: Optional[inspect.Signature]) -> str:
@@ -190,6 +231,14 @@ def prepare_input(func: Callable, n_inputs: Union[int, str], *args: Any,
     candidates += [n for n in kw_lengths.values() if n is not None]
     name = getattr(func, "__name__", repr(func))
 
+    if n_inputs == "auto" and not candidates:
+        # only arrays of one element (np.array([5])): one call, like [5]
+        pos_lengths = [1 if _single_element_array(a) else None for a in args]
+        kw_lengths = {k: 1 if _single_element_array(v, default_of(k)) else None
+                      for k, v in kwargs.items()}
+        candidates = [n for n in pos_lengths if n is not None]
+        candidates += [n for n in kw_lengths.values() if n is not None]
+
     if n_inputs == "auto":
         found = sorted(set(candidates))
         if not found:
@@ -215,6 +264,7 @@ def prepare_input(func: Callable, n_inputs: Union[int, str], *args: Any,
         raise ValueError(
             f"ParallelMap got empty inputs for {name}: there are 0 calls to make. "
             "Give at least one element in the list/array to distribute.")
+    _check_affordable(n_calls, name)
 
     positional = [
         Argument(_as_sequence(a), True) if length == n_calls else Argument(a, False)

@@ -97,8 +97,19 @@ class ResultSpec:
 
     def check(self, value: Any, index: int) -> np.ndarray:
         """The call's value as an array of the expected shape and dtype, or a clear error."""
-        arr = np.asarray(first_value(value))
         shown = tuple("inf" if _is_inf(e) else e for e in self.call_shape)
+        if isinstance(value, tuple) and not value:
+            raise ResultShapeError(
+                f"call {index} returned an empty tuple (no value), but result_shape="
+                f"{self.describe()} expects a value of shape {shown} per call")
+        first = first_value(value)
+        if isinstance(first, np.ma.MaskedArray) and np.ma.getmaskarray(first).any():
+            raise ResultShapeError(
+                f"call {index} returned a masked array with masked elements, but "
+                f"result_shape={self.describe()} stacks plain values: the mask would be "
+                "lost and the masked data stored as if valid. Return np.ma.filled(value, "
+                "np.nan), or leave result_shape=None to keep the masked array (pickled)")
+        arr = np.asarray(first)
         if not self.matches(arr.shape):
             raise ResultShapeError(
                 f"call {index} returned an array of shape {arr.shape}, but "

@@ -46,8 +46,46 @@ def _as_values(value: Any) -> list:
     return list(value) if isinstance(value, tuple) else [value]
 
 
+#: numpy dtype kinds, grouped as values that np.asarray may mix without changing them
+_KIND_GROUPS = {"b": "b", "i": "n", "u": "n", "f": "n", "c": "n", "U": "U", "S": "S"}
+
+
+def _leaf_kind(value: Any) -> Optional[str]:
+    """What a leaf of a returned value is ("b" bool, "n" number, "U" str, "S" bytes),
+    or None when np.asarray would change it silently (a masked array loses its mask,
+    a pandas object its labels, an ndarray subclass its attributes) or cannot hold it."""
+    if type(value) in (np.ndarray, np.memmap):
+        return _KIND_GROUPS.get(value.dtype.kind, "O" if value.dtype.kind == "O" else None)
+    if isinstance(value, (bool, np.bool_)):
+        return "b"
+    if isinstance(value, (int, float, complex, np.number)):
+        return "n"
+    if isinstance(value, (str, np.str_)):
+        return "U"
+    if isinstance(value, (bytes, np.bytes_)):
+        return "S"
+    return None
+
+
+def _leaf_kinds(value: Any, found: set) -> bool:
+    """Collect the leaf kinds of nested lists/tuples in ``found``; False when one
+    leaf would not survive np.asarray unchanged."""
+    if type(value) in (list, tuple):
+        if all(type(v) is float for v in value) or all(type(v) is int for v in value):
+            found.add("n")  # the common case, fast
+            return True
+        return all(_leaf_kinds(v, found) for v in value)
+    kind = _leaf_kind(value)
+    if kind is None:
+        return False
+    found.add(kind)
+    return True
+
+
 def _hdf5_array(value: Any) -> Optional[np.ndarray]:
-    """``value`` as an array HDF5 can hold, or None (dicts, None, objects, ragged lists)."""
+    """``value`` as an array HDF5 can hold unchanged, or None: dicts, None, objects,
+    ragged lists, and values that an array would change (masked arrays, pandas
+    objects, lists mixing bools or strings with numbers) are pickled instead."""
     if value is None or isinstance(value, (dict, set, frozenset)):
         return None
     if isinstance(value, bytes) and b"\0" in value:
@@ -56,16 +94,13 @@ def _hdf5_array(value: Any) -> Optional[np.ndarray]:
         import h5py
         kind = h5py.string_dtype("utf-8") if isinstance(value, str) else h5py.string_dtype("ascii")
         return np.array([value], dtype=kind)
+    kinds: set = set()
+    if not _leaf_kinds(value, kinds) or len(kinds) > 1:
+        return None  # e.g. [True, 2] would become [1, 2], [1, "a"] become strings
     try:
         arr = np.asarray(value)
     except Exception:
         return None
-    if arr.dtype.kind in "US" and not isinstance(value, np.ndarray):
-        # numpy turns the numbers of a list such as [1, "a"] into strings: keep the
-        # value as it is (pickled) rather than store something else
-        kind = str if arr.dtype.kind == "U" else bytes
-        if not all(isinstance(v, kind) for v in np.asarray(value, dtype=object).flat):
-            return None
     if arr.dtype.kind == "U":  # numpy unicode has no HDF5 type: variable-length UTF-8
         import h5py
         arr = arr.astype(h5py.string_dtype("utf-8"))
@@ -81,7 +116,10 @@ def _hdf5_array(value: Any) -> Optional[np.ndarray]:
 
 
 def hdf5_values(values: list) -> Optional[list]:
-    """Every value as an HDF5-storable array, or None if any one cannot be stored."""
+    """Every value as an HDF5-storable array, or None if any one cannot be stored
+    (also for no value at all: a call that returned ``()`` is kept as a pickle)."""
+    if not values:
+        return None
     arrays = []
     for value in values:
         arr = _hdf5_array(value)
@@ -150,9 +188,14 @@ class InMemorySink:
         self.passthrough = spec is None
 
     def store(self, index: int, value: Any) -> Any:
-        if self.spec is not None:
-            return self.spec.check(value, index)
-        return value
+        """The value to send back: with ``result_shape`` the first value checked and
+        cast, followed by the other return values (a tuple) when there are any."""
+        if self.spec is None:
+            return value
+        first = self.spec.check(value, index)
+        if isinstance(value, tuple) and len(value) > 1:
+            return (first,) + value[1:]
+        return first
 
 
 def _storable(layout: OutputLayout, spec: Optional[ResultSpec], index: int,
@@ -256,13 +299,20 @@ class SingleFileSink:
             os.close(fd)
 
 
-def stack_in_memory(spec: ResultSpec, values: list, n_calls: int) -> np.ndarray:
-    """One array of ``result_shape``: call ``i``'s value at position ``i`` of the
-    stacking axis; calls without a value (failed) stay NaN (or 0 for integers)."""
+def stack_in_memory(spec: ResultSpec, values: list, n_calls: int) -> Any:
+    """In-memory results with ``result_shape``, as esi-acme returns them: one array
+    of ``result_shape`` (call ``i``'s first value at position ``i`` of the stacking
+    axis; calls without a value stay NaN, or 0 for integers), or, when calls
+    returned several values, the list ``[array, <other values of call 0>, <other
+    values of call 1>, ...]`` (one flat list, in call order)."""
     fill = np.nan if spec.dtype.kind in "fc" else 0
     out = np.full(spec.full_shape(n_calls), fill, dtype=spec.dtype)
     moved = np.moveaxis(out, spec.stack_axis, 0)
+    others: list = []
     for index, value in enumerate(values):
+        if isinstance(value, tuple):  # (checked first value, other values...)
+            value, rest = value[0], value[1:]
+            others.extend(rest)
         if value is not None:
             moved[index] = value
-    return out
+    return [out] + others if others else out

@@ -83,7 +83,7 @@ def check_positive_number(value: Any, name: str, allow_none: bool = False) -> Op
 
 
 def check_path(value: Any, name: str) -> Optional[str]:
-    """None or a str/PathLike; returned as a str."""
+    """None or a str/PathLike; returned as a str, with ``~`` expanded."""
     if value is None:
         return None
     if not isinstance(value, (str, os.PathLike)):
@@ -95,7 +95,7 @@ def check_path(value: Any, name: str) -> Optional[str]:
         raise ValueError(f"`{name}` has to be a non-empty path, not {value!r}")
     if "\x00" in path:
         raise ValueError(f"`{name}` has to be a path without NUL characters, not {value!r}")
-    return path
+    return os.path.expanduser(path)
 
 
 def check_logfile(value: Any) -> Union[None, bool, str]:

@@ -132,7 +132,13 @@ def _first_run(tmp_path, variant):
     assert first.returncode == 0 and "FAILED" in first.stdout, str(first)
     assert _markers(tmp_path) == list(range(N)), str(first)
     os.remove(tmp_path / "flag")
-    return out, {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    return out, _mtimes(out)
+
+
+def _mtimes(out) -> dict:
+    """Every file's mtime, but the claim on the folder (taken by every attempt)."""
+    return {p: p.stat().st_mtime_ns for p in out.rglob("*")
+            if p.is_file() and p.relative_to(out).parts != (".acme", "lock")}
 
 
 def _check_resumed(tmp_path, out, variant, ran_before):
@@ -158,8 +164,7 @@ def test_resume_refuses_a_change_and_accepts_the_identical_run_in_new_processes(
     assert CHANGES[variant] in changed.stderr, str(changed)
     assert "cannot be compared" not in changed.stderr, str(changed)
     assert _markers(tmp_path) == list(range(N)), "a refused resume ran calls"
-    after = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
-    assert after == before, "a refused resume changed the output folder"
+    assert _mtimes(out) == before, "a refused resume changed the output folder"
     # identical, another process and hash seed: accepted, only the failed calls run
     _check_resumed(tmp_path, out, variant, list(range(N)))
 
@@ -172,7 +177,7 @@ def test_resume_is_refused_when_an_argument_cannot_be_fingerprinted(tmp_path):
     assert re.search(r"positional argument 1 cannot be compared.*_thread\.lock",
                      same.stderr), str(same)
     assert _markers(tmp_path) == list(range(N))
-    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+    assert _mtimes(out) == before
 
 
 # ---------------------------------------------------------------- result_dtype casts
@@ -239,3 +244,158 @@ def test_a_structured_result_dtype_is_refused_up_front():
     with pytest.raises(TypeError, match="result_dtype.*structured"):
         ParallelMap(lambda x: x, [1, 2], result_shape=(None,),
                     result_dtype=[("a", "f8"), ("b", "i4")])
+
+
+# ---------------------------------------------------------------- in memory, result_shape
+def three_values(x):
+    return np.arange(3.0) + x, f"label {x}", {"x": x}
+
+
+def test_in_memory_result_shape_keeps_the_other_return_values_as_esi_acme_does():
+    """esi-acme returns [stacked array, call 0's other values..., call 1's ...]."""
+    with ParallelMap(three_values, [0, 1, 2], write_worker_results=False,
+                     result_shape=(None, 3), backend="local", n_workers=2,
+                     verbose=False) as pmap:
+        result = pmap.compute()
+    assert isinstance(result, list) and len(result) == 1 + 2 * 3, result
+    np.testing.assert_array_equal(result[0], [[0, 1, 2], [1, 2, 3], [2, 3, 4]])
+    assert result[1:] == ["label 0", {"x": 0}, "label 1", {"x": 1}, "label 2", {"x": 2}]
+    # one return value: the array alone, as before
+    with ParallelMap(lambda x: np.arange(3.0) + x, [0, 1], write_worker_results=False,
+                     result_shape=(None, 3), backend="sequential", verbose=False) as pmap:
+        alone = pmap.compute()
+    assert isinstance(alone, np.ndarray) and alone.shape == (2, 3)
+
+
+# ---------------------------------------------------------------- values HDF5 would change
+def _pandas():
+    return pytest.importorskip("pandas", reason="pandas is not installed")
+
+
+def changed_by_arrays(kind):
+    if kind == "masked":
+        return np.ma.masked_array([1.0, 2.0, 3.0], mask=[0, 1, 0], fill_value=-1.0)
+    if kind == "dataframe":
+        return _pandas().DataFrame({"a": [1.0, 2.0]}, index=["r", "s"])
+    if kind == "series":
+        return _pandas().Series([1.0, 2.0], index=["p", "q"], name="s")
+    if kind == "bool-and-int":
+        return [True, 2]
+    raise ValueError(kind)
+
+
+def _same(kind, got, want) -> None:
+    if kind == "masked":
+        assert isinstance(got, np.ma.MaskedArray)
+        np.testing.assert_array_equal(np.ma.getmaskarray(got), np.ma.getmaskarray(want))
+        np.testing.assert_array_equal(got.data, want.data)
+        assert got.fill_value == want.fill_value
+    elif kind in ("dataframe", "series"):
+        assert type(got) is type(want) and got.equals(want)
+        assert list(got.index) == list(want.index)
+    else:
+        assert got == want and [type(v) for v in got] == [type(v) for v in want]
+
+
+@pytest.mark.parametrize("mode", ["files", "single_file"])
+@pytest.mark.parametrize("kind", ["masked", "dataframe", "series", "bool-and-int"])
+def test_a_value_an_array_would_change_is_pickled_with_a_warning(tmp_path, kind, mode):
+    want = changed_by_arrays(kind)
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning, match="pickled instead"):
+        with ParallelMap(changed_by_arrays, [kind, kind], output_dir=str(out),
+                         single_file=mode == "single_file", backend="local",
+                         n_workers=2, verbose=False) as pmap:
+            files = pmap.compute()
+    for i in range(2):
+        _same(kind, acme.load_call(str(out), i), want)
+        if mode == "files":
+            assert files[i].endswith(".pickle"), files
+            assert not (out / "changed_by_arrays_payload" / f"changed_by_arrays_{i}.h5").exists()
+
+
+def bools(x):
+    return True, np.bool_(False), np.array([True, False, x == 1])
+
+
+@pytest.mark.parametrize("mode", ["files", "single_file"])
+def test_bools_are_stored_as_hdf5_enums_that_read_back_as_bool(tmp_path, mode):
+    """h5py stores numpy bool as an HDF5 enum (FALSE=0, TRUE=1) and reads it back as
+    bool: checked with plain h5py and with acme.load_call."""
+    out = tmp_path / "out"
+    with ParallelMap(bools, [0, 1], output_dir=str(out), single_file=mode == "single_file",
+                     backend="local", n_workers=2, verbose=False) as pmap:
+        pmap.compute()
+        container = pmap.results_container
+    with h5py.File(container, "r") as h5f:
+        for k in range(3):
+            dset = h5f[f"comp_1/result_{k}"]
+            assert dset.dtype == np.bool_, (k, dset.dtype)
+            assert isinstance(dset.id.get_type(), h5py.h5t.TypeEnumID)
+        np.testing.assert_array_equal(h5f["comp_1/result_2"][()], [True, False, True])
+    values = acme.load_call(str(out), 1)
+    assert [v.dtype for v in values] == [np.bool_] * 3
+    assert values[0].tolist() == [True] and values[1].tolist() == [False]
+
+
+# ---------------------------------------------------------------- small input checks
+def nothing(x):
+    return ()
+
+
+def test_a_call_returning_an_empty_tuple(tmp_path):
+    """Without result_shape () is kept (pickled, no HDF5 value to write); with
+    result_shape it is a clear error of that call."""
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning, match="pickled instead"):
+        with ParallelMap(nothing, [0, 1], output_dir=str(out), backend="local",
+                         n_workers=2, verbose=False) as pmap:
+            pmap.compute()
+    assert acme.load_call(str(out), 1) == ()
+    for options in ({"write_worker_results": False}, {"output_dir": str(tmp_path / "o2")}):
+        with pytest.raises(ParallelMapError, match=r"call 0 returned an empty tuple.*"
+                                                   r"result_shape=\(None, 3\)"):
+            ParallelMap(nothing, [0, 1], result_shape=(None, 3), backend="sequential",
+                        verbose=False, **options).compute()
+
+
+def test_a_masked_value_is_not_stacked_as_if_valid():
+    with pytest.raises(ParallelMapError, match="call 1 returned a masked array") as info:
+        ParallelMap(lambda x: np.ma.masked_array([1.0, 2.0], mask=[0, x]), [0, 1],
+                    result_shape=(None, 2), write_worker_results=False,
+                    backend="sequential", verbose=False).compute()
+    assert info.value.failed == [1]
+
+
+def test_a_one_element_array_is_one_call_like_a_one_element_list():
+    seen = []
+    for arg in ([5], np.array([5]), np.array([[5]])):
+        with ParallelMap(lambda x: seen.append(x) or x, arg, write_worker_results=False,
+                         backend="sequential", verbose=False) as pmap:
+            assert pmap.n_inputs == 1
+            assert pmap.compute() == [5]
+    assert seen == [5, 5, 5]
+    # next to a longer list it stays the same for every call, as before
+    with ParallelMap(lambda x, a: a, [1, 2, 3], np.array([5]), write_worker_results=False,
+                     backend="sequential", verbose=False) as pmap:
+        assert [a.tolist() for a in pmap.compute()] == [[5]] * 3
+
+
+def test_a_huge_n_inputs_is_refused_before_anything_is_built():
+    with pytest.raises(ValueError, match=r"`n_inputs` is 1000000000000.*GiB of memory"):
+        ParallelMap(lambda x, y: x, 2, 3, n_inputs=10 ** 12)
+
+
+def test_a_tilde_in_output_dir_is_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    with ParallelMap(nothing_but, [1, 2], output_dir="~/runs/one", backend="sequential",
+                     verbose=False) as pmap:
+        files = pmap.compute()
+    assert files[0].startswith(str(tmp_path / "home" / "runs" / "one")), files
+    assert not (tmp_path / "~").exists()
+    assert acme.load_call(str(tmp_path / "home" / "runs" / "one"), 1)[0].tolist() == [2]
+
+
+def nothing_but(x):
+    return x
