@@ -612,3 +612,105 @@ def wait_group_gone(pgid: int, seconds: float) -> list[int]:
         time.sleep(0.05)
         left = group_members(pgid)
     return left
+
+
+# ================================================================== fault scenarios
+def logged_calls(path) -> list[int]:
+    """The call indices a map's log holds, one entry per call that ran (confmodel
+    appends each call's index with O_APPEND)."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return []
+    return [int(line) for line in text.split("\n") if line.strip()]
+
+
+def acme_status(output_dir: str) -> tuple[int, Optional[dict], str]:
+    """``acme status --json`` as a real command: (exit code, parsed JSON or None, text)."""
+    import json
+    import subprocess
+    proc = subprocess.run([sys.executable, "-m", "acme", "status", "--json", output_dir],
+                          capture_output=True, text=True, timeout=60, env=child_env())
+    try:
+        return proc.returncode, json.loads(proc.stdout), proc.stdout + proc.stderr
+    except ValueError:
+        return proc.returncode, None, proc.stdout + proc.stderr
+
+
+def check_truthful(desc: dict, mode: str, output_dir: str, ref: list,
+                   allowed_failures=("ValueError",)) -> tuple[list[str], list[int]]:
+    """After a fault: `acme status` names every call once (done/failed/missing), exits
+    0 only when all are done; every call it says is done reads back as its reference
+    value; every other call reads as MissingResultError. Returns (problems, done)."""
+    code, status, text = acme_status(output_dir)
+    if status is None:
+        return [f"acme status failed (exit {code}): {text[-2000:]}"], []
+    n = len(ref)
+    done = list(status["done"])
+    failed = sorted(int(i) for i in status["failed"])
+    missing = list(status["missing"])
+    problems = []
+    if sorted(done + failed + missing) != list(range(n)):
+        problems.append(f"acme status: done {done}, failed {failed}, missing {missing} "
+                        f"do not name each of the {n} calls once")
+    want_code = 0 if len(done) == n else 1
+    if code != want_code:
+        problems.append(f"acme status exited {code} with {len(done)} of {n} done "
+                        f"(expected {want_code})")
+    for i in done:
+        if ref[i][0] != "ok":
+            problems.append(f"acme status says call {i} is done, but it raises")
+    for i, record in status["failed"].items():
+        kind = record.split(":")[0]
+        if ref[int(i)][0] == "raise" and kind != "ValueError":
+            problems.append(f"call {i} failed as {record!r}")
+        elif ref[int(i)][0] == "ok" and kind in allowed_failures:
+            problems.append(f"call {i} returns a value but is recorded failed: {record!r}")
+    seen = [ref[i] if i in done else None for i in range(n)]
+    problems += check_readers(desc, mode, output_dir, seen)
+    return problems, done
+
+
+class Proc:
+    """A command started in its own session (its PID is its process group), output
+    to files; ``kill_group`` ends whatever is left of it, by the group id."""
+
+    def __init__(self, cmd: list, log_dir: Path, tag: str, cwd=None, env=None):
+        import subprocess
+        self.out_path = Path(log_dir) / f"{tag}.out"
+        self.err_path = Path(log_dir) / f"{tag}.err"
+        with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=err,
+                                         stdin=subprocess.DEVNULL, cwd=cwd,
+                                         env=env or child_env(), start_new_session=True)
+        self.pid = self.proc.pid
+
+    def output(self) -> str:
+        return (f"--- stdout ---\n{self.out_path.read_text()[-3000:]}\n--- stderr ---\n"
+                f"{self.err_path.read_text()[-5000:]}")
+
+    def wait(self, timeout: float) -> Optional[int]:
+        import subprocess
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill_group(self) -> list[int]:
+        """Kill the group; return the PIDs that were still alive in it."""
+        left = group_members(self.pid)
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.wait(10)
+        return left
+
+
+def wait_for(condition, timeout: float, interval: float = 0.01) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
