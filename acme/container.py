@@ -6,17 +6,19 @@ renamed, so it is valid after any run that wrote anything.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
 import shutil
+import stat
 from typing import Optional
 
 import numpy as np
 
 from .layout import OutputLayout
 from .result_spec import ResultSpec
-from .sinks import Stored, _temporary_name, _remove_quietly
+from .sinks import Stored, _TempWriter, _remove_quietly
 
 log = logging.getLogger("acme")
 
@@ -59,8 +61,10 @@ def _index(spec: ResultSpec, call: int, shape: tuple) -> tuple:
     return tuple(sel)
 
 
-#: ``.<name>.<pid>.tmp``: a file being written by process ``pid`` (sinks._temporary_name)
-_TEMPORARY = re.compile(r"^\..+\.(\d+)\.tmp$")
+#: ``.<name>.<pid>.<random>.tmp``: a file being written by process ``pid``
+#: (sinks._temporary_name); ``.<name>.<pid>.tmp`` was the name of earlier versions
+_TEMPORARY = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{16}\.tmp$")
+_OLD_TEMPORARY = re.compile(r"^\..+\.(\d+)\.tmp$")
 
 
 def _writer_gone(pid: int) -> bool:
@@ -84,7 +88,8 @@ def _writer_gone(pid: int) -> bool:
 def remove_stale_temporaries(*folders: str) -> list:
     """Remove the temporary files in ``folders`` whose writer has ended: a worker that
     was killed while writing (the run was stopped, the call timed out, the worker
-    crashed) leaves its half-written ``.<name>.<pid>.tmp`` behind. Returns their paths."""
+    crashed) leaves its half-written ``.<name>.<pid>.<random>.tmp`` behind. Returns
+    their paths."""
     removed = []
     for folder in folders:
         try:
@@ -92,7 +97,7 @@ def remove_stale_temporaries(*folders: str) -> list:
         except OSError:
             continue
         for name in names:
-            match = _TEMPORARY.match(name)
+            match = _TEMPORARY.match(name) or _OLD_TEMPORARY.match(name)
             if match and _writer_gone(int(match.group(1))):
                 path = os.path.join(folder, name)
                 _remove_quietly(path)
@@ -103,34 +108,33 @@ def remove_stale_temporaries(*folders: str) -> list:
     return removed
 
 
-def _unreported_payloads(layout: OutputLayout, n_calls: int, spec: Optional[ResultSpec],
-                         stored: dict[int, Stored]) -> dict[int, Stored]:
-    """Payload files on disk that ``stored`` does not know about: a worker that wrote
-    its file just before the run was stopped never got to report it. (Files appear
-    complete or not at all, so every one found is a finished call.)"""
+def _container_image(layout: OutputLayout, n_calls: int, spec: Optional[ResultSpec],
+                     stored: dict[int, Stored], h5_calls: list, name: str) -> bytes:
+    """The container built in memory (HDF5 never writes to the disk itself)."""
     import h5py
-    pattern = re.compile(rf"^{re.escape(layout.stem)}_(\d+)\.h5$")
-    found = {}
-    try:
-        names = os.listdir(layout.payload_dir)
-    except OSError:
-        return found
-    for name in names:
-        match = pattern.match(name)
-        if not match or int(match.group(1)) >= n_calls or int(match.group(1)) in stored:
-            continue
-        path = os.path.join(layout.payload_dir, name)
-        shape = None
+    # (libver="latest" is not used: HDF5 1.10.8 gives a file image of such a file
+    # with a wrong superblock checksum)
+    with h5py.File(name, "w", driver="core", backing_store=False) as h5f:
+        for i in h5_calls:
+            h5f[f"comp_{i}"] = h5py.ExternalLink(layout.payload_link(i), "/")
         if spec is not None:
-            try:
-                with h5py.File(path, "r") as h5f:
-                    shape = h5f["result_0"].shape
-            except (OSError, KeyError):
-                continue
-            if not spec.matches(shape) and shape != (1,):
-                continue
-        found[int(match.group(1))] = Stored(path, shape=shape)
-    return found
+            shapes = {i: stored[i].shape for i in h5_calls}
+            full = _stacked_shape(spec, n_calls, shapes)
+            vds = h5py.VirtualLayout(shape=full, dtype=spec.dtype)
+            for i in h5_calls:
+                source = h5py.VirtualSource(layout.payload_link(i), "result_0",
+                                            shape=shapes[i], dtype=spec.dtype)
+                # a scalar call value is stored with shape (1,) (esi-acme's layout)
+                place = shapes[i] if len(shapes[i]) == len(spec.call_shape) \
+                    else spec.call_shape
+                vds[_index(spec, i, place)] = source
+            h5f.create_virtual_dataset("result_0", vds,
+                                       fillvalue=_fill_value(spec.dtype))
+        h5f.attrs[ATTR_CALLS] = n_calls
+        h5f.attrs[ATTR_MISSING] = np.array(
+            sorted(set(range(n_calls)) - set(h5_calls)), dtype=np.int64)
+        h5f.flush()
+        return h5f.id.get_file_image()
 
 
 def build_container(layout: OutputLayout, n_calls: int, spec: Optional[ResultSpec],
@@ -138,114 +142,173 @@ def build_container(layout: OutputLayout, n_calls: int, spec: Optional[ResultSpe
     """Write ``f.h5``: ``comp_{i}`` external links to every HDF5 payload and, with
     ``result_shape``, a virtual dataset ``result_0`` stacking them.
 
-    Source paths are relative to the container so the folder can be moved.
-    Half-written files of workers that were stopped are removed first; payloads
-    whose calls finished but were not reported (the run was stopped) are linked too.
+    Only the calls in ``stored`` (reported by a worker in this run, or journaled
+    and verified by an earlier one) are linked: a file nobody reported is not a
+    result. Source paths are relative to the container so the folder can be moved.
+    The container is built in memory, written under a new temporary name, flushed
+    to the disk and renamed, so a kill or a full disk leaves the earlier one.
     """
-    import h5py
     remove_stale_temporaries(layout.payload_dir, layout.output_dir)
-    extra = _unreported_payloads(layout, n_calls, spec, stored)
-    if extra:
-        log.info("linking %d result file(s) of calls that finished as the run was "
-                 "stopped: %s", len(extra), sorted(extra))
-        stored = {**stored, **extra}
     h5_calls = sorted(i for i, s in stored.items() if not s.pickled)
-    tmp = _temporary_name(layout.container)
-    try:
-        with h5py.File(tmp, "w", libver="latest") as h5f:
-            for i in h5_calls:
-                h5f[f"comp_{i}"] = h5py.ExternalLink(layout.payload_link(i), "/")
-            if spec is not None:
-                shapes = {i: stored[i].shape for i in h5_calls}
-                full = _stacked_shape(spec, n_calls, shapes)
-                vds = h5py.VirtualLayout(shape=full, dtype=spec.dtype)
-                for i in h5_calls:
-                    source = h5py.VirtualSource(layout.payload_link(i), "result_0",
-                                                shape=shapes[i], dtype=spec.dtype)
-                    # a scalar call value is stored with shape (1,) (esi-acme's layout)
-                    place = shapes[i] if len(shapes[i]) == len(spec.call_shape) \
-                        else spec.call_shape
-                    vds[_index(spec, i, place)] = source
-                h5f.create_virtual_dataset("result_0", vds,
-                                           fillvalue=_fill_value(spec.dtype))
-            h5f.attrs[ATTR_CALLS] = n_calls
-            h5f.attrs[ATTR_MISSING] = np.array(
-                sorted(set(range(n_calls)) - set(h5_calls)), dtype=np.int64)
-        os.replace(tmp, layout.container)
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
+    with _TempWriter(layout.container, sync=True) as out:
+        out.write(_container_image(layout, n_calls, spec, stored, h5_calls, out.name))
     return layout.container
+
+
+def _make_result_0(h5f, n_calls: int, spec: ResultSpec) -> tuple[Optional[int], int]:
+    """Create result_0 in the new single file with its space allocated (HDF5 writes
+    only metadata here); returns its file offset (None: no storage) and size."""
+    import h5py
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_layout(h5py.h5d.CONTIGUOUS)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)  # filled by _fill below
+    fill = _fill_value(spec.dtype)
+    if fill is not None:
+        dcpl.set_fill_value(np.array(fill, dtype=spec.dtype))
+    space = h5py.h5s.create_simple(spec.full_shape(n_calls))
+    dsid = h5py.h5d.create(h5f.id, b"result_0", h5py.h5t.py_create(spec.dtype),
+                           space, dcpl=dcpl)
+    offset, size = dsid.get_offset(), dsid.get_storage_size()
+    dsid.close()
+    h5f["result_0"].attrs[ATTR_AXIS] = spec.stack_axis
+    return (None if offset is None or not size else int(offset)), int(size)
+
+
+def _fill(fd: int, offset: int, size: int, spec: ResultSpec, path: str) -> None:
+    """Reserve the rows' space (a full disk is a clean ENOSPC now, not a failed row
+    write later) and write the fill value (NaN) into it with checked writes."""
+    os.posix_fallocate(fd, offset, size)
+    fill = _fill_value(spec.dtype)
+    if fill is None or not np.array(fill, dtype=spec.dtype).tobytes().strip(b"\0"):
+        return  # the reserved space reads as zeros, which is the fill value
+    per = max(1, (4 << 20) // spec.dtype.itemsize)
+    block = np.full(per, fill, dtype=spec.dtype).tobytes()
+    end = offset + size
+    while offset < end:
+        view = memoryview(block)[:end - offset]
+        while view:
+            written = os.pwrite(fd, view, offset)
+            if written <= 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+            view, offset = view[written:], offset + written
+
+
+def _h5_on(writer: _TempWriter, mode: str):
+    """h5py on the temporary file's own descriptor: no path lookup that a link
+    swapped in could redirect."""
+    import h5py
+    return h5py.File(os.fdopen(os.dup(writer.fd), "r+b"), mode)
+
+
+def _existing_offset(layout: OutputLayout, spec: Optional[ResultSpec]) -> Optional[int]:
+    import h5py
+    path = layout.container
+    if not stat.S_ISREG(os.lstat(path).st_mode):
+        raise OSError(f"{path} is not a regular file: refusing to write into it")
+    with h5py.File(path, "r") as h5f:
+        if spec is None or spec.has_inf or "result_0" not in h5f:
+            return None
+        offset = h5f["result_0"].id.get_offset()
+        return None if offset is None else int(offset)
 
 
 def create_single_file(layout: OutputLayout, n_calls: int,
                        spec: Optional[ResultSpec], resume: bool = False) -> Optional[int]:
     """Create ``f.h5`` before the calls run; return the file offset of ``result_0``
     when workers can write its rows directly (fixed shape), else None. With
-    ``resume`` an existing file is kept, with the rows written before."""
-    import h5py
+    ``resume`` an existing file is kept, with the rows written before (the runner
+    has checked it). The new file is complete before it gets its name; its space is
+    reserved first, so a full disk is a clean OSError before HDF5 writes."""
     os.makedirs(layout.parts_dir, exist_ok=True)
-    if resume and os.path.exists(layout.container):
-        with h5py.File(layout.container, "r") as h5f:
-            if spec is None or spec.has_inf or "result_0" not in h5f:
-                return None
-            offset = h5f["result_0"].id.get_offset()
-            return None if offset is None else int(offset)
-    with h5py.File(layout.container, "w") as h5f:
-        h5f.attrs[ATTR_CALLS] = n_calls
-        if spec is None or spec.has_inf:
-            return None
-        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-        dcpl.set_layout(h5py.h5d.CONTIGUOUS)
-        dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-        dcpl.set_fill_time(h5py.h5d.FILL_TIME_ALLOC)
-        fill = _fill_value(spec.dtype)
-        if fill is not None:
-            dcpl.set_fill_value(np.array(fill, dtype=spec.dtype))
-        full = spec.full_shape(n_calls)
-        space = h5py.h5s.create_simple(full)
-        dsid = h5py.h5d.create(h5f.id, b"result_0", h5py.h5t.py_create(spec.dtype),
-                               space, dcpl=dcpl)
-        offset = dsid.get_offset()
-        dsid.close()
-        h5f["result_0"].attrs[ATTR_AXIS] = spec.stack_axis
-        if offset is None:  # an empty dataset has no storage
-            return None
-        return int(offset)
+    if not stat.S_ISDIR(os.lstat(layout.parts_dir).st_mode):
+        raise OSError(f"{layout.parts_dir} is not a folder: refusing to write through it")
+    if resume and os.path.lexists(layout.container):
+        return _existing_offset(layout, spec)
+    offset = None
+    with _TempWriter(layout.container, sync=True) as out:
+        with _h5_on(out, "w") as h5f:
+            h5f.attrs[ATTR_CALLS] = n_calls
+            if spec is not None and not spec.has_inf:
+                offset, size = _make_result_0(h5f, n_calls, spec)
+        if offset is not None:
+            _fill(out.fd, offset, size, spec, layout.container)
+    return offset
+
+
+def _copy_file(src: str, out: _TempWriter) -> None:
+    """Copy the file ``src`` (not through a link) into the temporary file ``out``."""
+    fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        os.posix_fallocate(out.fd, 0, max(size, 1))
+        done = 0
+        while done < size:
+            n = os.copy_file_range(fd, out.fd, size - done, done, done)
+            if n <= 0:
+                raise OSError(f"copying {src}: no progress at byte {done} of {size}")
+            done += n
+    finally:
+        os.close(fd)
+
+
+def _merge_parts(h5f, layout: OutputLayout, n_calls: int, spec: Optional[ResultSpec],
+                 stored: dict[int, Stored], raw_rows: bool, h5_calls: list,
+                 parts: dict[int, str]) -> None:
+    import h5py
+    if spec is not None and not raw_rows:
+        shapes = {i: stored[i].shape for i in h5_calls}
+        full = _stacked_shape(spec, n_calls, shapes)
+        if "result_0" in h5f:
+            del h5f["result_0"]  # made up front but of size 0, or by an earlier merge
+        dset = h5f.create_dataset("result_0", shape=full, dtype=spec.dtype,
+                                  fillvalue=_fill_value(spec.dtype))
+        dset.attrs[ATTR_AXIS] = spec.stack_axis
+        for i in h5_calls:
+            if i in parts:
+                with h5py.File(parts[i], "r") as part:
+                    dset[_index(spec, i, shapes[i])] = part["result_0"][()]
+    for i, part_path in sorted(parts.items()):
+        with h5py.File(part_path, "r") as part:
+            names = [n for n in part if not (spec is not None and n == "result_0")]
+            if names:
+                group = h5f.require_group(f"comp_{i}")
+                for name in names:
+                    if name in group:  # rerun of a call (resume)
+                        del group[name]
+                    part.copy(part[name], group, name=name)
+    h5f.attrs[ATTR_MISSING] = np.array(
+        sorted(set(range(n_calls)) - set(h5_calls)), dtype=np.int64)
 
 
 def finish_single_file(layout: OutputLayout, n_calls: int, spec: Optional[ResultSpec],
-                       stored: dict[int, Stored], raw_rows: bool) -> str:
+                       stored: dict[int, Stored], raw_rows: bool,
+                       record=None) -> str:
     """Merge the per-call part files into ``f.h5`` (``comp_{i}/result_k``, and
-    ``result_0`` when its shape was only known at the end), then remove them."""
+    ``result_0`` when its shape was only known at the end), then remove them.
+
+    The merge goes into a copy of ``f.h5`` that is flushed and renamed onto it, so a
+    kill at any moment leaves either the file before the merge (and every part
+    file) or the merged one. ``record(indices)`` is then called with the calls whose
+    part files were merged (to journal them as being in ``f.h5``) before the part
+    files are removed."""
     import h5py
-    remove_stale_temporaries(layout.payload_dir, layout.output_dir)
-    with h5py.File(layout.container, "a") as h5f:
-        h5_calls = sorted(i for i, s in stored.items() if not s.pickled)
-        if spec is not None and not raw_rows:
-            shapes = {i: stored[i].shape for i in h5_calls}
-            full = _stacked_shape(spec, n_calls, shapes)
-            if "result_0" in h5f and h5f["result_0"].size == 0:
-                del h5f["result_0"]  # made up front, but of size 0 (no storage)
-            dset = h5f.create_dataset("result_0", shape=full, dtype=spec.dtype,
-                                      fillvalue=_fill_value(spec.dtype))
-            dset.attrs[ATTR_AXIS] = spec.stack_axis
-            for i in h5_calls:
-                with h5py.File(layout.part(i), "r") as part:
-                    dset[_index(spec, i, shapes[i])] = part["result_0"][()]
-        for i in h5_calls:
-            part_path = layout.part(i)
-            if not os.path.exists(part_path):
-                continue
-            with h5py.File(part_path, "r") as part:
-                names = [n for n in part if not (spec is not None and n == "result_0")]
-                if names:
-                    group = h5f.require_group(f"comp_{i}")
-                    for name in names:
-                        if name in group:  # rerun of a call (resume)
-                            del group[name]
-                        part.copy(part[name], group, name=name)
-        h5f.attrs[ATTR_MISSING] = np.array(
-            sorted(set(range(n_calls)) - set(h5_calls)), dtype=np.int64)
+    remove_stale_temporaries(layout.parts_dir, layout.payload_dir, layout.output_dir)
+    h5_calls = sorted(i for i, s in stored.items() if not s.pickled)
+    parts = {i: layout.part(i) for i in h5_calls if os.path.isfile(layout.part(i))}
+    missing = sorted(set(range(n_calls)) - set(h5_calls))
+    if not parts and (raw_rows or spec is None):
+        with h5py.File(layout.container, "r") as h5f:
+            unchanged = list(h5f.attrs.get(ATTR_MISSING, [-1])) == missing
+        if unchanged:  # nothing to merge, nothing new to say: keep the file as it is
+            shutil.rmtree(layout.parts_dir, ignore_errors=True)
+            return layout.container
+    with _TempWriter(layout.container, sync=True) as out:
+        out.create()
+        _copy_file(layout.container, out)
+        with _h5_on(out, "a") as h5f:
+            _merge_parts(h5f, layout, n_calls, spec, stored, raw_rows, h5_calls, parts)
+    if record is not None and parts:
+        record(sorted(parts))
     shutil.rmtree(layout.parts_dir, ignore_errors=True)
     return layout.container

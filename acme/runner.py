@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import signal
+import stat
 import threading
 import time
 import warnings
@@ -18,7 +19,8 @@ from .layout import OutputLayout, default_output_dir, file_stem
 from .logs import FILE_ONLY, run_logging
 from .progress import Progress
 from .fingerprint import describe_difference, fingerprint
-from .state import STATE_DIR, RunState, StateError, completed_calls, stored_shape
+from .state import (STATE_DIR, OutputDirInUse, RunState, StateError, check_single_file,
+                    stored_shape, verify_results)
 from .sinks import InMemorySink, PayloadSink, PickleSink, Stored, stack_in_memory
 from .tasks import WorkerContext, check_sendable, pack_outcomes
 
@@ -29,7 +31,14 @@ __all__ = ["execute", "check_output_dir"]
 
 def check_output_dir(path: str, resume: bool = False) -> None:
     """Refuse a folder that already holds files: never mix or overwrite two runs
-    (with ``resume``, a folder of an earlier acme run is what we want)."""
+    (with ``resume``, a folder of an earlier acme run is what we want), and a folder
+    another run is using now (named with its pid and host)."""
+    if os.path.isdir(path) and os.listdir(path):
+        holder = RunState(path).holder()
+        if holder is not None:
+            raise OutputDirInUse(
+                f"`output_dir` {path!r} is in use by another acme run ({holder}); wait "
+                "for it to finish or choose another output_dir")
     if resume:
         if os.path.isdir(path) and os.listdir(path) and not RunState(path).exists():
             raise ValueError(
@@ -45,6 +54,13 @@ def check_output_dir(path: str, resume: bool = False) -> None:
         raise ValueError(f"`output_dir` {path!r} exists and is not a folder")
 
 
+def _real_folder(path: str) -> None:
+    """``path`` (inside the output folder) must be a folder, not a link out of it."""
+    if not stat.S_ISDIR(os.lstat(path).st_mode):
+        raise OSError(f"{path} is not a folder (a symbolic link or a file): refusing "
+                      "to write results through it")
+
+
 def _prepare_output(pmap) -> Optional[OutputLayout]:
     if not pmap.write_worker_results:
         return None
@@ -55,11 +71,35 @@ def _prepare_output(pmap) -> Optional[OutputLayout]:
         layout = OutputLayout(folder, file_stem(pmap.func))
         if not pmap.write_pickle and not pmap.single_file:
             os.makedirs(layout.payload_dir, exist_ok=True)
+            _real_folder(layout.payload_dir)
     except OSError as exc:
         raise OSError(f"cannot create the output folder {folder!r}: {exc}") from exc
     if not os.access(folder, os.W_OK | os.X_OK):
         raise PermissionError(f"the output folder {folder!r} is not writable")
     return layout
+
+
+def _claim(pmap, layout: OutputLayout) -> RunState:
+    """Take the output folder for this run (released by ``state.release()``). A
+    resume of a different run is refused first, before anything in the folder
+    changes."""
+    state = RunState(layout.output_dir, layout.stem)
+    if pmap.resume and state.exists():
+        _fingerprint_checked(pmap, layout, state)
+    state.claim()
+    if not pmap.resume and state.exists():  # claimed by a run that started with us
+        try:
+            other = state.read()
+            who = f"pid {other.get('pid', '?')} on host {other.get('host', '?')}, " \
+                  f"started {other.get('started', '?')}"
+        except StateError:
+            who = "its record is unreadable"
+        state.release()
+        raise OutputDirInUse(
+            f"`output_dir` {layout.output_dir!r} was taken by another acme run that "
+            f"started at the same time ({who}); choose another output_dir (or "
+            "resume=True to continue that run once it has ended)")
+    return state
 
 
 def _logfile_path(pmap, layout: Optional[OutputLayout]) -> Optional[str]:
@@ -100,12 +140,15 @@ def _make_sink(pmap, backend, layout: Optional[OutputLayout]):
 
 
 def _finish_files(pmap, layout: OutputLayout, stored: dict[int, Stored],
-                  raw_rows: bool) -> None:
+                  raw_rows: bool, state: RunState) -> None:
     if pmap.write_pickle:
         pmap.results_container = None
     elif pmap.single_file:
-        pmap.results_container = finish_single_file(layout, pmap.n_inputs,
-                                                    pmap.result_spec, stored, raw_rows)
+        def merged(indices: list) -> None:  # their values are in f.h5 now
+            state.record_results([(i, layout.container, None) for i in indices])
+
+        pmap.results_container = finish_single_file(
+            layout, pmap.n_inputs, pmap.result_spec, stored, raw_rows, record=merged)
     elif stored:
         pmap.results_container = build_container(layout, pmap.n_inputs,
                                                  pmap.result_spec, stored)
@@ -126,24 +169,54 @@ def _mode(pmap) -> str:
     return "single_file" if pmap.single_file else "files"
 
 
-def _start_state(pmap, layout: OutputLayout) -> tuple[RunState, dict[int, str]]:
-    """Record this run's fingerprint; with resume, check it and find finished calls."""
-    state = RunState(layout.output_dir)
+def _fingerprint_checked(pmap, layout: OutputLayout, state: RunState) -> dict:
+    """This run's fingerprint; with resume, refused if the folder holds another run."""
     settings = {"mode": _mode(pmap),
                 "result_shape": pmap.result_spec.describe() if pmap.result_spec else None,
                 "result_dtype": str(pmap.result_spec.dtype) if pmap.result_spec else None}
     new = fingerprint(pmap._plan, settings)
-    done: dict[int, str] = {}
     if pmap.resume and state.exists():
-        old = state.read()
-        diffs = describe_difference(old, new)
+        diffs = describe_difference(state.read(), new)
         if diffs:
             raise StateError(
                 f"resume=True refused: {layout.output_dir} holds a different run: "
                 + "; ".join(diffs) + ". Use a new output_dir for a new run.")
-        done = completed_calls(state, layout, settings["mode"], pmap.n_inputs)
+    return new
+
+
+def _start_state(pmap, layout: OutputLayout,
+                 state: RunState) -> tuple[RunState, dict[int, str]]:
+    """Record this run's fingerprint; with resume, check it and find finished calls
+    (journaled, and their files complete: the journal is rewritten to hold only
+    those)."""
+    new = _fingerprint_checked(pmap, layout, state)
+    done: dict[int, str] = {}
+    if pmap.resume and state.exists():
+        mode = _mode(pmap)
+        done, damaged = verify_results(state, layout, mode, pmap.n_inputs,
+                                       pmap.result_spec)
+        for index, why in sorted(damaged.items()):
+            log.warning("call %d is run again: %s", index, why)
+        journal = state.journal()
+        state.rewrite_journal({i: journal[i] for i in done})
+        if mode == "single_file":
+            _drop_damaged_single_file(layout, pmap.n_inputs, pmap.result_spec)
     state.start(new, layout)
     return state, done
+
+
+def _drop_damaged_single_file(layout: OutputLayout, n_calls: int, spec) -> None:
+    """A single file that fails its check holds no result (its calls were not
+    counted as done): set it aside, hidden so that readers do not take it, and let
+    the run create a new one."""
+    if not os.path.lexists(layout.container):
+        return
+    problem = check_single_file(layout, n_calls, spec)
+    if problem is None:
+        return
+    aside = os.path.join(layout.output_dir, f".{layout.stem}.h5.damaged")
+    os.replace(layout.container, aside)
+    log.warning("%s; it was moved to %s and its calls are run again", problem, aside)
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -169,10 +242,45 @@ def _sigterm_interrupts():
 
 
 def execute(pmap, backend) -> Any:
-    """Run every call of ``pmap`` on ``backend``; see ``ParallelMap.compute``."""
-    func_name = getattr(pmap.func, "__name__", "func")
+    """Run every call of ``pmap`` on ``backend``; see ``ParallelMap.compute``. The
+    output folder is claimed for this run until it returns."""
     layout = _prepare_output(pmap)
-    state, done = _start_state(pmap, layout) if layout else (None, {})
+    state = _claim(pmap, layout) if layout else None
+    try:
+        return _execute(pmap, backend, layout, state)
+    finally:
+        if state is not None:
+            state.release()
+
+
+def _journal(pmap, layout: OutputLayout, state: RunState, indices: list,
+             notes: list) -> None:
+    """Record the batch's finished calls in the journal (after the workers closed
+    and renamed their files): the file of each, and its size."""
+    entries = []
+    for index, note in zip(indices, notes):
+        path = note.path
+        if pmap.single_file and not note.pickled:
+            part = layout.part(index)
+            path = part if os.path.isfile(part) else layout.container
+        size = None
+        if path != layout.container:
+            try:
+                size = os.stat(path, follow_symlinks=False).st_size
+            except OSError as exc:
+                log.warning("call %d's result file is gone (%s): not recorded", index, exc)
+                continue
+        entries.append((index, path, size))
+    try:
+        state.record_results(entries)
+    except OSError as exc:  # e.g. a full disk: these calls are run again on resume
+        log.warning("%s", exc)
+
+
+def _execute(pmap, backend, layout: Optional[OutputLayout],
+             state: Optional[RunState]) -> Any:
+    func_name = getattr(pmap.func, "__name__", "func")
+    state, done = _start_state(pmap, layout, state) if layout else (None, {})
     logfile = _logfile_path(pmap, layout)
     with run_logging(pmap.verbose, logfile):
         _log_parameters(pmap, backend, layout)
@@ -217,11 +325,7 @@ def execute(pmap, backend) -> Any:
                         for index, note in zip(indices, results):
                             stored[index] = note
                             values[index] = note.path
-                        if pmap.single_file and indices:
-                            try:
-                                state.mark_done(indices)
-                            except OSError as exc:
-                                log.warning("could not record finished calls: %s", exc)
+                        _journal(pmap, layout, state, indices, results)
                         if pmap.resume:
                             for index in indices:
                                 state.clear_failure(index)
@@ -239,7 +343,7 @@ def execute(pmap, backend) -> Any:
                               ran=len(tasks))
             if layout is not None:
                 try:
-                    _finish_files(pmap, layout, stored, raw_rows)
+                    _finish_files(pmap, layout, stored, raw_rows, state)
                 except OSError as exc:  # e.g. disk full: keep the calls' own errors
                     log.error("could not write the results container in %s: %s",
                               layout.output_dir, exc)

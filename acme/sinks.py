@@ -7,8 +7,10 @@ the same folder and renamed into place.
 """
 from __future__ import annotations
 
+import errno
 import os
 import pickle
+import secrets
 from typing import Any, Optional
 
 import numpy as np
@@ -129,41 +131,196 @@ def hdf5_values(values: list) -> Optional[list]:
     return arrays
 
 
+_NEW_FILE = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 def _temporary_name(path: str) -> str:
+    """``.<name>.<pid>.<random>.tmp`` next to ``path``: the pid tells
+    ``container.remove_stale_temporaries`` whether its writer is gone; the random part
+    makes the name unpredictable (and it is only ever created with O_EXCL)."""
     folder, name = os.path.split(path)
-    return os.path.join(folder, f".{name}.{os.getpid()}.tmp")
+    return os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
 
 
-def write_h5_atomic(path: str, arrays: list, first_key: int = 0) -> None:
-    """Write ``result_{first_key}``, ``result_{first_key+1}``, ... into a new file at ``path``."""
+def open_folder(folder: str, base: Optional[str] = None) -> int:
+    """A descriptor of ``folder`` reached without following a symbolic link: below
+    ``base`` (trusted, e.g. the output folder) when given, else its last component.
+    So a link planted in the output folder can never send a write elsewhere."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    if base is None:
+        base, rel = os.path.split(os.path.normpath(folder))
+        parts = [rel]
+    else:
+        rel = os.path.relpath(folder, base)
+        parts = [] if rel == "." else rel.split(os.sep)
+        if ".." in parts:
+            raise ValueError(f"{folder} is not inside {base}")
+    fd = os.open(base or ".", flags)
+    try:
+        for part in parts:
+            try:
+                sub = os.open(part, flags | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise OSError(exc.errno, "refusing to write through a symbolic link "
+                                  "or non-folder", os.path.join(base, *parts)) from None
+                raise OSError(exc.errno, exc.strerror, folder) from None
+            os.close(fd)
+            fd = sub
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _write_all(fd: int, data, path: str) -> int:
+    """Write every byte of ``data`` (a short write is retried; no progress is ENOSPC)."""
+    view = memoryview(data).cast("B")
+    total = len(view)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+        view = view[written:]
+    return total
+
+
+class _TempWriter:
+    """A new temporary file next to ``path``: created with O_EXCL|O_NOFOLLOW under
+    an unpredictable name in a folder opened without following links, written with
+    checked counts, closed (close errors count: NFS reports them there), then renamed
+    onto ``path``. Any failure removes the temporary file and is an OSError naming
+    ``path``."""
+
+    def __init__(self, path: str, base: Optional[str] = None, sync: bool = False):
+        self.path = path
+        self.name = _temporary_name(path)  # also what h5py/pickle see as the file name
+        self.sync = sync
+        self._dfd = open_folder(os.path.dirname(path), base)
+        self._tmp = os.path.basename(self.name)
+        self._fd: Optional[int] = None
+        self.size = 0
+
+    def create(self) -> None:
+        self._fd = os.open(self._tmp, _NEW_FILE, 0o666, dir_fd=self._dfd)
+
+    @property
+    def fd(self) -> int:
+        """The open temporary file (for writers that need a descriptor)."""
+        if self._fd is None:
+            self.create()
+        return self._fd
+
+    def write(self, data) -> int:
+        if self._fd is None:
+            self.create()
+        written = _write_all(self._fd, data, self.path)
+        self.size += written
+        return written
+
+    def commit(self) -> int:
+        if self._fd is None:
+            self.create()
+        fd, self._fd = self._fd, None
+        try:
+            if self.sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(self._tmp, os.path.basename(self.path),
+                  src_dir_fd=self._dfd, dst_dir_fd=self._dfd)
+        if self.sync:
+            os.fsync(self._dfd)
+        return self.size
+
+    def abort(self) -> None:
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
+        try:
+            os.unlink(self._tmp, dir_fd=self._dfd)
+        except OSError:
+            pass
+
+    def __enter__(self) -> "_TempWriter":
+        return self
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        try:
+            if kind is None:
+                try:
+                    self.commit()
+                except BaseException:
+                    self.abort()
+                    raise
+            else:
+                self.abort()
+        except OSError as err:
+            named = _naming(err, self.path)
+            if named is err:
+                raise
+            raise named from err
+        finally:
+            os.close(self._dfd)
+        if isinstance(exc, OSError) and exc.filename is None:
+            raise _naming(exc, self.path) from exc
+        return False
+
+
+def _naming(exc: OSError, path: str) -> OSError:
+    """``exc`` as an OSError that names ``path`` (os.write's errors name no file)."""
+    if exc.filename is not None:
+        return exc
+    if exc.errno is None:
+        return OSError(f"cannot write {path}: {exc}")
+    return OSError(exc.errno, f"{exc.strerror} (writing {path})", path)
+
+
+def write_bytes_atomic(path: str, data, base: Optional[str] = None,
+                       sync: bool = False) -> int:
+    """Write ``data`` into a new file at ``path`` (see :class:`_TempWriter`); returns
+    its size. ``sync``: fsync the file and its folder before/after the rename."""
+    with _TempWriter(path, base, sync) as out:
+        out.write(data)
+    return out.size
+
+
+def h5_image(arrays: list, first_key: int = 0, name: str = "result.h5") -> bytes:
+    """The bytes of an HDF5 file holding ``result_{first_key}``, ... built in memory,
+    so that HDF5 itself never meets a full disk (on which it can crash the process)."""
     import h5py
-    tmp = _temporary_name(path)
-    try:
-        with h5py.File(tmp, "w") as h5f:
-            for k, arr in enumerate(arrays, start=first_key):
-                h5f.create_dataset(f"result_{k}", data=arr)
-        os.replace(tmp, path)
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
+    with h5py.File(name, "w", driver="core", backing_store=False) as h5f:
+        for k, arr in enumerate(arrays, start=first_key):
+            h5f.create_dataset(f"result_{k}", data=arr)
+        h5f.flush()
+        return h5f.id.get_file_image()
 
 
-def write_pickle_atomic(path: str, value: Any) -> None:
-    tmp = _temporary_name(path)
-    try:
-        with open(tmp, "wb") as fh:
-            pickle.dump(value, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
+def write_h5_atomic(path: str, arrays: list, first_key: int = 0) -> int:
+    """Write ``result_{first_key}``, ``result_{first_key+1}``, ... into a new file at
+    ``path``; returns its size. The file is complete and closed before it gets its
+    name; a failed write (e.g. ENOSPC) is an OSError naming ``path``."""
+    with _TempWriter(path) as out:
+        out.write(h5_image(arrays, first_key, name=out.name))
+    return out.size
 
 
-def _pickle_result(path: str, value: Any, index: int, why: str) -> None:
+def write_pickle_atomic(path: str, value: Any) -> int:
+    """``value`` pickled into a new file at ``path`` (like :func:`write_h5_atomic`)."""
+    with _TempWriter(path) as out:
+        out.create()
+        pickle.dump(value, out, protocol=pickle.HIGHEST_PROTOCOL)
+    return out.size
+
+
+def _pickle_result(path: str, value: Any, index: int, why: str) -> int:
     """``write_pickle_atomic`` for call ``index``'s return value; a value that cannot
     be pickled is a TypeError that names the call (disk errors stay OSErrors)."""
     try:
-        write_pickle_atomic(path, value)
+        return write_pickle_atomic(path, value)
     except OSError:
         raise
     except Exception as exc:
@@ -259,6 +416,8 @@ class SingleFileSink:
         self.spec = spec
         self.raw_offset = raw_offset
         self.n_calls = n_calls
+        #: (device, inode) of the file the rows go into: a worker writes only there
+        self.file_id = _identity(layout.container) if raw_offset is not None else None
 
     def store(self, index: int, value: Any) -> Stored:
         arrays, pickled = _storable(self.layout, self.spec, index, value)
@@ -289,14 +448,37 @@ class SingleFileSink:
         inner = int(np.prod(full[axis + 1:], dtype=np.int64))
         itemsize = spec.dtype.itemsize
         data = np.ascontiguousarray(arr, dtype=spec.dtype).reshape(outer, inner)
-        fd = os.open(self.layout.container, os.O_WRONLY)
+        path = self.layout.container
+        try:  # never through a link, never into a file put in its place
+            fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            raise OSError(exc.errno, f"{exc.strerror} (opening {path})", path) from None
         try:
+            st = os.fstat(fd)
+            if self.file_id is not None and (st.st_dev, st.st_ino) != self.file_id:
+                raise OSError(f"{path} was replaced by another file during the run: "
+                              f"not writing call {index}'s row into it")
             for row in range(outer):
                 # element (row, index, 0) of the dataset viewed as (outer, n, inner)
                 offset = self.raw_offset + ((row * self.n_calls + index) * inner) * itemsize
-                os.pwrite(fd, data[row].tobytes(), offset)
+                view = memoryview(data[row].tobytes())
+                while view:  # a short write is not a written row
+                    written = os.pwrite(fd, view, offset)
+                    if written <= 0:
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+                    view, offset = view[written:], offset + written
+        except OSError as exc:
+            raise _naming(exc, path) from None
         finally:
             os.close(fd)
+
+
+def _identity(path: str) -> Optional[tuple]:
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def stack_in_memory(spec: ResultSpec, values: list, n_calls: int) -> Any:
