@@ -121,7 +121,17 @@ class Tally:
         if os.environ.get("ACME_FAULT_PROBLEMS"):  # every problem, for a report
             with open(os.environ["ACME_FAULT_PROBLEMS"], "a", encoding="utf-8") as fh:
                 fh.write("".join(p + "\n" for p in self.problems))
-        assert not self.problems, "\n".join(self.problems[:40])
+        assert not self.problems, summary(self.problems)
+
+
+def summary(problems: list[str]) -> str:
+    """Problems that differ only in numbers, shown once with a count."""
+    import re
+    groups: dict = {}
+    for p in problems:
+        groups.setdefault(re.sub(r"\d+", "N", p.split("\n")[0])[:160], []).append(p)
+    return f"{len(problems)} problems:\n" + "\n".join(
+        f"({len(v)}x) {v[0][:1500]}" for v in groups.values())
 
 
 def no_process_left(pids, seconds: float = 10.0) -> list[str]:
