@@ -85,8 +85,9 @@ def _module_is_library(name: str) -> bool:
         return True
     module = sys.modules.get(name)
     path = getattr(module, "__file__", None)
-    if path is None:
-        return module is not None  # frozen or built-in modules
+    if path is None:  # frozen or built-in modules; not a namespace package of the user
+        origin = getattr(getattr(module, "__spec__", None), "origin", None)
+        return module is not None and origin in ("built-in", "frozen")
     return path.startswith(_LIBRARY_PREFIXES)
 
 
@@ -150,6 +151,12 @@ class _Digest:
             self.token(kind.__name__, str(len(value)).encode())
             for item in value:
                 self.value(item)
+        elif (kind is dict or kind is types.MappingProxyType) and all(
+                type(k) is str for k in value):  # common and fast: sorted keys
+            self.token("dict-str", str(len(value)).encode())
+            for key in sorted(value):
+                self._simple(key)
+                self.value(value[key])
         elif kind is dict or kind is types.MappingProxyType:
             self._unordered("dict", [(k, v) for k, v in value.items()])
         elif kind in (set, frozenset):
@@ -203,7 +210,9 @@ class _Digest:
             self._array(np.asarray(value).view(np.ndarray))
             self.value(getattr(value, "__dict__", {}))
             return
-        self.token("ndarray", f"{value.dtype!r}{value.shape}".encode())
+        dtype = value.dtype  # .str is exact for plain types; fields need the full repr
+        plain = dtype.names is None and dtype.subdtype is None
+        self.token("ndarray", f"{dtype.str if plain else repr(dtype)}{value.shape}".encode())
         if value.dtype.hasobject:
             for item in value.flat:
                 self.value(item)
@@ -229,24 +238,31 @@ class _Digest:
         self.value(func.__defaults__)
         self.value(func.__kwdefaults__)
         cells = func.__closure__ or ()
-        for cell in cells:
+        for name, cell in zip(func.__code__.co_freevars, cells):
             try:
                 contents = cell.cell_contents
             except ValueError:  # a cell not filled yet
                 self.token("empty-cell")
                 continue
-            self.value(contents)
-        self.value(dict(func.__dict__))
-        self._globals(func)
+            self._within(f"the closure variable {name!r} of {qualname}", contents)
+        self._within(f"the attributes of {qualname}", dict(func.__dict__))
+        self._globals(func, qualname)
 
-    def _globals(self, func: types.FunctionType) -> None:
+    def _within(self, where: str, value: Any, names: frozenset = frozenset()) -> None:
+        """``value``, with ``where`` named if it cannot be digested."""
+        try:
+            self.value(value, names)
+        except Undigestable as exc:
+            raise Undigestable(f"{where}: {exc}") from None
+
+    def _globals(self, func: types.FunctionType, qualname: str) -> None:
         """The module-level values the function's code (and nested code) names."""
         names = _code_names(func.__code__)
         scope = func.__globals__
         for name in sorted(names):
             if name in scope:
                 self.token("global", name.encode())
-                self.value(scope[name], names)
+                self._within(f"the global {name!r} read by {qualname}", scope[name], names)
 
     def _module(self, module: types.ModuleType, names: frozenset) -> None:
         """A library module by name and version; a module of the user's own code by

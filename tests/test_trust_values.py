@@ -399,3 +399,18 @@ def test_a_tilde_in_output_dir_is_the_home_folder(tmp_path, monkeypatch):
 
 def nothing_but(x):
     return x
+
+
+GLOBAL_LOCK = __import__("threading").Lock()
+
+
+def reads_a_global_lock(x):
+    with GLOBAL_LOCK:
+        return x
+
+
+def test_a_fingerprint_names_what_it_cannot_digest():
+    from acme.fingerprint import UNKNOWN, digest
+    found = digest(reads_a_global_lock)
+    assert found.startswith(UNKNOWN) and "the global 'GLOBAL_LOCK' read by" in found, found
+    assert digest(np.zeros(2, dtype=[("a", "f8")])) != digest(np.zeros(2, dtype=[("b", "f8")]))
