@@ -5,7 +5,12 @@
     python -m acme show DIR       the container's datasets, shapes and dtypes
 
 Exit codes: 0 all calls done (status) / no failures (errors) / nothing missing (show);
-1 some calls failed or are missing; 2 bad usage or not an acme output folder.
+1 some calls failed, are missing, or their files are damaged; 2 bad usage, not an acme
+output folder, or its records in ``.acme`` cannot be read.
+
+Text that comes from the run (call messages, tracebacks, host and dataset names) is
+printed with control characters escaped (``\\x1b``), so that a hostile message cannot
+move the cursor or recolour the terminal.
 """
 from __future__ import annotations
 
@@ -16,13 +21,25 @@ import sys
 from typing import Optional
 
 from .layout import OutputLayout
-from .state import RunState, completed_calls
+from .state import RunState, StateError, verify_results
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE = 0, 1, 2
 
 
 class NotARun(Exception):
     pass
+
+
+def printable(text: object, keep: str = "") -> str:
+    """``text`` with every character that is not printable (control characters,
+    escape sequences, bidirectional overrides, ...) written as Python escapes
+    (``\\x1b``, ``\\u202e``); the characters in ``keep`` (e.g. newlines of a
+    traceback) stay as they are."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() or ch in keep else repr(ch)[1:-1]
+                   for ch in text)
 
 
 def _ranges(indices: list[int]) -> str:
@@ -41,9 +58,9 @@ def _ranges(indices: list[int]) -> str:
     return ", ".join(parts) or "none"
 
 
-def run_status(folder: str) -> dict:
-    """Done, failed and missing calls of the run in ``folder``."""
-    folder = os.path.abspath(folder)
+def _open_records(folder: str):
+    """The run record, RunState and layout of the acme run in ``folder``."""
+    folder = os.path.abspath(os.path.expanduser(folder))
     if not os.path.isdir(folder):
         raise NotARun(f"no such folder: {folder}")
     state = RunState(folder)
@@ -51,43 +68,86 @@ def run_status(folder: str) -> dict:
         raise NotARun(f"{folder} is not an acme output folder (no .acme/run.json); "
                       "was it written by esi-acme or with write_worker_results=False?")
     record = state.read()
-    n_calls = int(record["n_calls"])
-    stem = record.get("stem") or record["function"].rsplit(".", 1)[-1]
-    layout = OutputLayout(folder, stem)
-    mode = record.get("settings", {}).get("mode", "files")
-    done = completed_calls(state, layout, mode, n_calls)
-    failures = {i: f for i, f in state.failures().items() if i not in done}
+    try:
+        n_calls = int(record["n_calls"])
+        stem = str(record.get("stem") or str(record["function"]).rsplit(".", 1)[-1])
+        mode = str((record.get("settings") or {}).get("mode", "files"))
+        spec = _spec_of(record)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StateError(f"the run record {state.run_file} is damaged ({exc!r})") from None
+    return folder, record, RunState(folder, stem), OutputLayout(folder, stem), mode, \
+        n_calls, spec
+
+
+def _spec_of(record: dict):
+    """The run's ResultSpec (None without result_shape), from its record."""
+    from .readers import _parse_shape
+    from .result_spec import ResultSpec
+    settings = record.get("settings") or {}
+    if settings.get("result_shape") is None:
+        return None
+    return ResultSpec(_parse_shape(settings["result_shape"]),
+                      settings.get("result_dtype") or "float")
+
+
+def run_status(folder: str) -> dict:
+    """Done, failed, damaged and missing calls of the run in ``folder``.
+
+    A call is done only when the run's journal records it and its file verifies;
+    one the journal records whose file does not is missing too, and listed in
+    ``damaged`` with the reason."""
+    folder, record, state, layout, mode, n_calls, spec = _open_records(folder)
+    done, damaged = verify_results(state, layout, mode, n_calls, spec)
+    damaged = {i: why for i, why in damaged.items() if i < n_calls}
+    failures = {i: f for i, f in state.failures().items()
+                if i not in done and i not in damaged and 0 <= i < n_calls}
     missing = sorted(set(range(n_calls)) - set(done) - set(failures))
-    return {"folder": folder, "function": record["function"], "n_calls": n_calls,
-            "mode": mode, "done": sorted(done), "failed": failures, "missing": missing,
-            "started": record.get("started")}
+    return {"folder": folder, "function": record.get("function"), "n_calls": n_calls,
+            "mode": mode, "done": sorted(done), "failed": failures, "damaged": damaged,
+            "missing": missing, "started": record.get("started")}
+
+
+def _field(record: dict, key: str, default: str = "?") -> str:
+    """A failure record's field as printable text (records may be hand-edited)."""
+    return printable(record.get(key, default))
+
+
+def _print_status(status: dict) -> None:
+    failed, damaged, missing = status["failed"], status["damaged"], status["missing"]
+    print(f"{status['folder']}: {printable(status['function'])}, {status['n_calls']} "
+          f"calls ({printable(status['mode'])}), started {printable(status['started'])}")
+    print(f"  done:    {len(status['done'])}")
+    print(f"  failed:  {len(failed)}" + (f"  (calls {_ranges(list(failed))})"
+                                         if failed else ""))
+    print(f"  missing: {len(missing)}" + (f"  (calls {_ranges(missing)})"
+                                          if missing else ""))
+    for index in sorted(failed):
+        record = failed[index]
+        first = (str(record.get("message", "")).splitlines() or [""])[0]
+        rank = f", rank {_field(record, 'rank')}" if record.get("rank") is not None else ""
+        print(f"  call {index}: {_field(record, 'type')}: {printable(first)}  "
+              f"[{_field(record, 'host')}, pid {_field(record, 'pid')}{rank}]")
+    shown = sorted(damaged)[:10]
+    for index in shown:
+        print(f"  call {index}: recorded as done, but {printable(damaged[index])}")
+    if len(damaged) > len(shown):
+        print(f"  ... and {len(damaged) - len(shown)} more damaged calls (--json lists all)")
+    if failed or missing:
+        print(f"  to run what is left: ParallelMap(..., output_dir={status['folder']!r}, "
+              "resume=True)")
 
 
 def cmd_status(args) -> int:
     status = run_status(args.folder)
-    n_done, n_failed = len(status["done"]), len(status["failed"])
-    n_missing = len(status["missing"])
     if args.json:
-        out = dict(status, failed={str(i): f["type"] + ": " + f["message"]
-                                   for i, f in status["failed"].items()})
-        print(json.dumps(out, indent=1))
+        out = dict(status, failed={str(i): f"{f.get('type', '?')}: {f.get('message', '')}"
+                                   for i, f in status["failed"].items()},
+                   damaged={str(i): why for i, why in status["damaged"].items()})
+        print(json.dumps(out, indent=1))  # JSON escapes control characters itself
     else:
-        print(f"{status['folder']}: {status['function']}, {status['n_calls']} calls "
-              f"({status['mode']}), started {status['started']}")
-        print(f"  done:    {n_done}")
-        print(f"  failed:  {n_failed}" + (f"  (calls {_ranges(list(status['failed']))})"
-                                          if n_failed else ""))
-        print(f"  missing: {n_missing}" + (f"  (calls {_ranges(status['missing'])})"
-                                           if n_missing else ""))
-        for index in sorted(status["failed"]):
-            record = status["failed"][index]
-            first = (record["message"].splitlines() or [""])[0]
-            print(f"  call {index}: {record['type']}: {first}  [{record['host']}, "
-                  f"pid {record['pid']}{', rank ' + str(record['rank']) if record.get('rank') is not None else ''}]")
-        if n_failed or n_missing:
-            print(f"  to run what is left: ParallelMap(..., output_dir={status['folder']!r}, "
-                  "resume=True)")
-    return EXIT_OK if not (n_failed or n_missing) else EXIT_INCOMPLETE
+        _print_status(status)
+    incomplete = status["failed"] or status["missing"] or status["damaged"]
+    return EXIT_INCOMPLETE if incomplete else EXIT_OK
 
 
 def cmd_errors(args) -> int:
@@ -97,12 +157,17 @@ def cmd_errors(args) -> int:
         return EXIT_OK
     for index in sorted(status["failed"]):
         record = status["failed"][index]
-        where = f"host {record['host']}, pid {record['pid']}"
+        where = f"host {_field(record, 'host')}, pid {_field(record, 'pid')}"
         if record.get("rank") is not None:
-            where = f"MPI rank {record['rank']}, " + where
-        print(f"=== call {index} ({where}, after {record['duration']:.3f} s, "
-              f"{record['time']}) ===")
-        print(record["traceback"].rstrip() or f"{record['type']}: {record['message']}")
+            where = f"MPI rank {_field(record, 'rank')}, " + where
+        try:
+            after = f"{float(record['duration']):.3f} s"
+        except (KeyError, TypeError, ValueError):
+            after = "? s"
+        print(f"=== call {index} ({where}, after {after}, {_field(record, 'time')}) ===")
+        text = str(record.get("traceback") or "").rstrip() or \
+            f"{record.get('type', '?')}: {record.get('message', '')}"
+        print(printable(text, keep="\n"))
         print()
     return EXIT_INCOMPLETE
 
@@ -115,7 +180,17 @@ def _natural_key(name: str):
 
 def _print_dataset(name: str, obj) -> None:
     if hasattr(obj, "shape"):
-        print(f"      {name}: shape {obj.shape}, dtype {obj.dtype}")
+        print(f"      {printable(name)}: shape {obj.shape}, dtype {obj.dtype}")
+
+
+def _run_status_for_show(container: str) -> Optional[dict]:
+    """run_status of the acme run that ``container`` belongs to, or None (esi-acme)."""
+    folder = os.path.dirname(container)
+    if not RunState(folder).exists():
+        return None
+    status = run_status(folder)
+    stem = os.path.splitext(os.path.basename(container))[0]
+    return status if OutputLayout(folder, stem).container == container else None
 
 
 def cmd_show(args) -> int:
@@ -123,48 +198,60 @@ def cmd_show(args) -> int:
     from .readers import find_container
     try:
         container = find_container(args.folder)
+        status = _run_status_for_show(container)
         h5f = h5py.File(container, "r")
     except (FileNotFoundError, OSError) as exc:
-        raise NotARun(f"{args.folder} is not an acme output folder or container: "
-                      f"{exc}") from None
+        raise NotARun(f"{args.folder} is not an acme output folder or container, or it "
+                      f"cannot be read: {exc}") from None
     print(container)
     missing_files = 0
     with h5f:
         for key, value in h5f.attrs.items():
             if key.startswith("acme_") and key != "acme_missing_calls":
-                print(f"  @{key} = {value}")
-        missing = list(h5f.attrs.get("acme_missing_calls", []))
+                print(f"  @{printable(key)} = {printable(value)}")
+        if status is not None:  # an acme run: its records say which calls have results
+            missing = sorted(set(status["missing"]) | set(status["failed"]))
+        else:
+            missing = [int(i) for i in h5f.attrs.get("acme_missing_calls", [])]
         if missing:
-            print(f"  calls without a result: {_ranges([int(i) for i in missing])}")
-
-        names = sorted(h5f.keys(), key=_natural_key)
-        shown = 0
-        for name in names:
-            link = h5f.get(name, getlink=True)
-            target = f" -> {link.filename}" if isinstance(link, h5py.ExternalLink) else ""
-            try:
-                obj = h5f[name]
-            except KeyError:
-                print(f"  {name}{target}: MISSING (the file is gone or unreadable)")
-                missing_files += 1
-                continue
-            if isinstance(obj, h5py.Dataset):
-                virtual = " (virtual)" if obj.is_virtual else ""
-                print(f"  {name}: shape {obj.shape}, dtype {obj.dtype}{virtual}")
-                continue
-            if shown < args.limit:
-                print(f"  {name}{target}")
-                obj.visititems(_print_dataset)
-            shown += 1
-        if shown > args.limit:
-            print(f"  ... and {shown - args.limit} more calls (--limit to show more)")
+            print(f"  calls without a result: {_ranges(missing)}")
+        missing_files = _show_names(h5f, args.limit)
     return EXIT_INCOMPLETE if missing_files or missing else EXIT_OK
+
+
+def _show_names(h5f, limit: int) -> int:
+    """Print the container's datasets and call groups; the number of broken links."""
+    import h5py
+    names = sorted(h5f.keys(), key=_natural_key)
+    shown = missing_files = 0
+    for name in names:
+        link = h5f.get(name, getlink=True)
+        target = f" -> {printable(link.filename)}" \
+            if isinstance(link, h5py.ExternalLink) else ""
+        try:
+            obj = h5f[name]
+        except (KeyError, OSError):
+            print(f"  {printable(name)}{target}: MISSING (the file is gone or unreadable)")
+            missing_files += 1
+            continue
+        if isinstance(obj, h5py.Dataset):
+            virtual = " (virtual)" if obj.is_virtual else ""
+            print(f"  {printable(name)}: shape {obj.shape}, dtype {obj.dtype}{virtual}")
+            continue
+        if shown < limit:
+            print(f"  {printable(name)}{target}")
+            obj.visititems(_print_dataset)
+        shown += 1
+    if shown > limit:
+        print(f"  ... and {shown - limit} more calls (--limit to show more)")
+    return missing_files
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="acme", description="Inspect the output folder of an acme ParallelMap run.",
-        epilog="Exit codes: 0 done, 1 failed or missing calls, 2 usage error.")
+        epilog="Exit codes: 0 done, 1 failed, missing or damaged calls, 2 usage error, "
+               "not an acme output folder, or damaged records.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     status = sub.add_parser("status", help="done / failed / missing calls of a run")
     status.add_argument("folder", help="the run's output folder")
@@ -189,12 +276,16 @@ def main(argv: Optional[list] = None) -> int:
         return EXIT_USAGE
     try:
         return args.handler(args)
-    except NotARun as exc:
-        print(f"acme {args.command}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except BrokenPipeError:  # e.g. `acme show DIR | head`
         sys.stderr.close()
         return EXIT_OK
+    except (NotARun, StateError) as exc:  # StateError: damaged records in .acme
+        print(f"acme {args.command}: {printable(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:  # e.g. a record that cannot be read (permissions)
+        print(f"acme {args.command}: cannot read {printable(exc.filename or args.folder)}"
+              f": {printable(exc.strerror or exc)}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

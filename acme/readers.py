@@ -4,19 +4,38 @@
     values = load_call("ACME_20260101-120000-000000", 3)    # call 3's return values
     array = load_stacked("ACME_20260101-120000-000000")     # result_0 of every call
 
-Unlike reading the container's virtual dataset, :func:`load_stacked` reads each
-call's file directly: a missing or unreadable file is an error that names the call
-(h5py silently returns fill values for a missing virtual-dataset source), memory
+What counts as a result:
+
+- A folder written by acme (it has ``.acme/run.json``): only the calls that the run's
+  journal ``.acme/done`` records as finished, each read from the file the journal
+  names, after checking that it is where this run writes that call and still has
+  the size it had when it was written. Everything else (a call that failed, that
+  never ran because the run was killed, a file nobody recorded, a planted file)
+  is not a result: :class:`MissingResultError`.
+- A folder written by esi-acme (no ``.acme``): what the container ``<func>.h5``
+  itself names (its ``comp_{i}`` external links, its virtual dataset's sources),
+  or, for ``write_pickle`` folders (no container), the files ``<func>_<i>.pickle``
+  found by their exact names.
+
+:func:`load_stacked` reads each call's file directly rather than through the
+container's virtual dataset: h5py silently returns fill values for a missing source,
+while here a missing or unreadable file is an error that names the call; memory
 stays at the size of the result, and no file handle stays open per call.
 """
 from __future__ import annotations
 
-import glob
 import os
 import pickle
-from typing import Any
+import re
+import stat
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
 import numpy as np
+
+from .layout import OutputLayout
+from .result_spec import ResultSpec
+from .state import RunState, StateError, check_single_file
 
 __all__ = ["find_container", "load_call", "load_stacked", "MissingResultError"]
 
@@ -25,7 +44,8 @@ class MissingResultError(FileNotFoundError):
     """One or more calls have no readable result.
 
     Raised by :func:`load_call` and :func:`load_stacked` when a call failed (so it
-    never had a result) or when its result file is missing or unreadable. It is a
+    never had a result), never finished (the run was stopped), or when its result
+    file is missing, damaged or not one the run recorded. It is a
     ``FileNotFoundError``, so ``except OSError`` catches it too.
 
     Parameters
@@ -46,6 +66,221 @@ class MissingResultError(FileNotFoundError):
         self.calls = calls
 
 
+def _ranges(indices) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2, 5"`` (messages stay short for many calls)."""
+    parts: list[str] = []
+    for i in sorted(indices):
+        if parts and parts[-1][1] == i - 1:
+            parts[-1][1] = i
+        else:
+            parts.append([i, i])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in parts)
+
+
+# ------------------------------------------------------------------ an acme run
+@dataclass
+class _Run:
+    """What an acme run's own records say (``.acme/run.json`` and the journal)."""
+
+    state: RunState
+    layout: OutputLayout
+    mode: str
+    n_calls: int
+    spec: Optional[ResultSpec]
+    journal: dict = field(default_factory=dict)    # index -> (relative path, size)
+    paths: dict = field(default_factory=dict)      # index -> absolute path
+    _single_problem: Any = False                   # not checked yet
+
+    def single_file_problem(self) -> Optional[str]:
+        """Why ``f.h5`` of a single-file run cannot be read (checked once)."""
+        if self._single_problem is False:
+            self._single_problem = check_single_file(self.layout, self.n_calls, self.spec)
+        return self._single_problem
+
+    def failed(self) -> set[int]:
+        """Calls with a failure record (names only: a damaged record is still one)."""
+        try:
+            names = os.listdir(self.state.failures_dir)
+        except OSError:
+            return set()
+        return {int(m.group(1)) for m in map(re.compile(r"^call_(\d+)\.json$").match,
+                                              names) if m}
+
+    def why_missing(self, indices) -> str:
+        """Which of ``indices`` failed and which never finished, in words."""
+        failed = self.failed() & set(indices)
+        rest = set(indices) - failed
+        parts = []
+        if failed:
+            parts.append(f"failed: {_ranges(failed)} (see `python -m acme errors "
+                         f"{self.layout.output_dir}`)")
+        if rest:
+            parts.append(f"not finished: {_ranges(rest)} (never ran or the run was "
+                         "stopped; resume=True runs them)")
+        return "; ".join(parts)
+
+
+def _parse_shape(text: str) -> tuple:
+    """``"(None, 3)"`` / ``"(np.inf, None)"`` (ResultSpec.describe) -> a tuple."""
+    inner = text.strip()
+    if not (inner.startswith("(") and inner.endswith(")")):
+        raise ValueError(text)
+    entries = [e.strip() for e in inner[1:-1].split(",") if e.strip()]
+    return tuple(None if e == "None" else np.inf if e == "np.inf" else int(e)
+                 for e in entries)
+
+
+def _open_run(folder: str) -> Optional[_Run]:
+    """The records of the acme run in ``folder``, or None if it has none (esi-acme).
+
+    Raises StateError when the records are damaged."""
+    state = RunState(folder)
+    if not state.exists():
+        return None
+    record = state.read()
+    settings = record.get("settings") or {}
+    try:
+        n_calls = int(record["n_calls"])
+        stem = str(record.get("stem") or str(record["function"]).rsplit(".", 1)[-1])
+        shape = settings.get("result_shape")
+        spec = None if shape is None else ResultSpec(
+            _parse_shape(shape), settings.get("result_dtype") or "float")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise StateError(f"the run record {state.run_file} is damaged ({exc!r})") from None
+    state = RunState(folder, stem)
+    return _Run(state, OutputLayout(folder, stem), str(settings.get("mode", "files")),
+                n_calls, spec, state.journal(), state.recorded_results())
+
+
+def _expected(run: _Run, index: int) -> set:
+    """The files this run may write call ``index``'s values to."""
+    layout = run.layout
+    if run.mode == "pickle":
+        return {layout.pickle(index)}
+    if run.mode == "single_file":
+        return {layout.container, layout.part(index), layout.fallback_pickle(index)}
+    return {layout.payload(index), layout.fallback_pickle(index)}
+
+
+def _recorded_file(run: _Run, index: int) -> str:
+    """The journaled file of call ``index``, checked; else MissingResultError."""
+    if index not in run.journal:
+        raise MissingResultError(f"call {index} has no result in "
+                                 f"{run.layout.output_dir}: {run.why_missing([index])}",
+                                 [index])
+    path, size = run.paths[index], run.journal[index][1]
+    problem = None
+    if path not in _expected(run, index):
+        problem = f"the journal names {path}, which is not where this run writes it"
+    elif path == run.layout.container:
+        problem = run.single_file_problem()
+    elif path == run.layout.part(index):
+        problem = (f"it finished, but its values are in {path} and were not merged "
+                   f"into {run.layout.container} (the run was stopped); resume=True "
+                   "merges them")
+    else:
+        try:
+            st = os.lstat(path)
+            if not stat.S_ISREG(st.st_mode):
+                problem = f"{path} is not a regular file"
+            elif size is not None and st.st_size != size:
+                problem = f"{path} has {st.st_size} bytes, {size} when it was written"
+        except OSError as exc:
+            problem = f"{path} cannot be read ({exc.strerror or exc})"
+    if problem:
+        raise MissingResultError(f"call {index} has no usable result: {problem}", [index])
+    return path
+
+
+def _read_pickle(path: str, index: int) -> Any:
+    try:
+        with open(path, "rb") as fh:
+            return pickle.load(fh)
+    except Exception as exc:  # noqa: BLE001 - a damaged pickle raises many kinds
+        raise MissingResultError(f"the result file of call {index} ({path}) is damaged: "
+                                 f"{type(exc).__name__}: {exc}", [index]) from None
+
+
+def _result_keys(group) -> list[str]:
+    keys = [k for k in group if re.fullmatch(r"result_\d+", k)]
+    return sorted(keys, key=lambda k: int(k.split("_")[1]))
+
+
+def _read_values(path: str, index: int, where: str = "/") -> list:
+    """``[result_0, result_1, ...]`` of a payload file (or one of its groups)."""
+    import h5py
+    try:
+        with h5py.File(path, "r") as h5f:
+            group = h5f[where]
+            values = [group[k][()] for k in _result_keys(group)]
+    except (OSError, KeyError, ValueError) as exc:
+        raise MissingResultError(f"the result file of call {index} ({path}) is missing "
+                                 f"or damaged: {exc}", [index]) from None
+    if not values:
+        raise MissingResultError(f"the result file of call {index} ({path}) holds no "
+                                 "result", [index])
+    return values
+
+
+def _single_file_values(run: _Run, index: int) -> list:
+    """Call ``index``'s values in a single file: its row of ``result_0`` (with
+    result_shape), then ``comp_{index}/result_k``."""
+    import h5py
+    path = run.layout.container
+    values = []
+    try:
+        with h5py.File(path, "r") as h5f:
+            if run.spec is not None:
+                dset = h5f["result_0"]
+                sel = [slice(None)] * dset.ndim
+                sel[run.spec.stack_axis] = index
+                values.append(dset[tuple(sel)])
+            group = h5f.get(f"comp_{index}")
+            if group is not None:
+                values.extend(group[k][()] for k in _result_keys(group))
+    except (OSError, KeyError, ValueError) as exc:
+        raise MissingResultError(f"the result of call {index} cannot be read from "
+                                 f"{path}: {exc}", [index]) from None
+    return values
+
+
+def _check_index(index: Any, n_calls: Optional[int]) -> int:
+    if isinstance(index, (bool, np.bool_)) or not isinstance(index, (int, np.integer)):
+        raise TypeError(f"`index` has to be an integer (a call's index), not "
+                        f"{type(index).__name__} {index!r}")
+    index = int(index)
+    if index < 0 or (n_calls is not None and index >= n_calls):
+        raise IndexError(f"`index` {index} is not a call of this run (calls 0 .. "
+                         f"{'n-1' if n_calls is None else n_calls - 1})")
+    return index
+
+
+def _folder_of(path: Any) -> str:
+    path = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    if os.path.isdir(path):
+        return path
+    if os.path.isfile(path):
+        return os.path.dirname(path)
+    raise FileNotFoundError(f"no such result folder or file: {path!r}")
+
+
+def _load_call_acme(run: _Run, index: int) -> Any:
+    path = _recorded_file(run, _check_index(index, run.n_calls))
+    if path.endswith(".pickle"):
+        return _read_pickle(path, index)
+    if path == run.layout.container:
+        return _single_file_values(run, index)
+    return _read_values(path, index)
+
+
+# ------------------------------------------------------------------ esi-acme folders
+def _listdir(folder: str) -> list[str]:
+    try:
+        return os.listdir(folder)
+    except OSError:
+        return []
+
+
 def find_container(path: str) -> str:
     """The container file ``<func>.h5`` of a run's output folder.
 
@@ -62,32 +297,151 @@ def find_container(path: str) -> str:
     Raises
     ------
     FileNotFoundError
-        ``path`` does not exist, or the folder does not hold exactly one ``*.h5``
-        file at its top level (e.g. a ``write_pickle=True`` run, which has none).
+        ``path`` does not exist, or the folder has no container: an acme run's
+        ``<func>.h5`` is missing, or an esi-acme folder does not hold exactly one
+        ``*.h5`` file at its top level (e.g. a ``write_pickle=True`` run).
     """
+    path = os.path.abspath(os.path.expanduser(os.fspath(path)))
     if os.path.isfile(path):
-        return os.path.abspath(path)
+        return path
     if not os.path.isdir(path):
         raise FileNotFoundError(f"no such result folder or file: {path!r}")
-    found = [p for p in glob.glob(os.path.join(path, "*.h5"))
-             if not os.path.basename(p).startswith(".")]
+    try:
+        run = _open_run(path)
+    except StateError:
+        run = None
+    if run is not None:
+        if run.mode == "pickle" or not os.path.isfile(run.layout.container):
+            raise FileNotFoundError(f"the run in {path!r} has no container "
+                                    f"{run.layout.container}")
+        return run.layout.container
+    found = sorted(n for n in _listdir(path) if n.endswith(".h5") and not n.startswith(".")
+                   and os.path.isfile(os.path.join(path, n)))
     if len(found) != 1:
-        raise FileNotFoundError(
-            f"expected one container file (<func>.h5) in {path!r}, found "
-            f"{[os.path.basename(p) for p in found] or 'none'}")
-    return os.path.abspath(found[0])
+        raise FileNotFoundError(f"expected one container file (<func>.h5) in {path!r}, "
+                                f"found {found or 'none'}")
+    return os.path.join(path, found[0])
 
 
-def _stem(container: str) -> str:
-    return os.path.splitext(os.path.basename(container))[0]
+def _esi_pickle(folder: str, index: int) -> Optional[str]:
+    """``<func>_<index>.pickle`` of an esi-acme write_pickle folder, by exact name;
+    None if the folder holds no such pickles at all."""
+    pattern = re.compile(r"^(.+)_(\d+)\.pickle$")
+    stems = {}
+    for name in _listdir(folder):
+        match = pattern.match(name)
+        if match:
+            stems.setdefault(match.group(1), set()).add(int(match.group(2)))
+    if not stems:
+        return None
+    if len(stems) > 1:
+        raise MissingResultError(f"{folder} holds pickles of several functions "
+                                 f"({sorted(stems)}): cannot tell which are results",
+                                 [index])
+    stem, indices = stems.popitem()
+    if index not in indices:
+        raise MissingResultError(f"call {index} has no result in {folder} (no "
+                                 f"{stem}_{index}.pickle)", [index])
+    return os.path.join(folder, f"{stem}_{index}.pickle")
 
 
-def _read_group(group) -> list:
-    keys = sorted((k for k in group if k.startswith("result_")),
-                  key=lambda k: int(k.split("_")[1]))
-    return [group[k][()] for k in keys]
+def _load_call_esi(path: str, folder: str, index: int) -> Any:
+    import h5py
+    index = _check_index(index, None)
+    try:
+        container = find_container(path)
+    except FileNotFoundError:
+        pickled = _esi_pickle(folder, index)
+        if pickled is None:
+            raise
+        return _read_pickle(pickled, index)
+    with h5py.File(container, "r") as h5f:
+        if index in {int(i) for i in h5f.attrs.get("acme_missing_calls", [])}:
+            raise MissingResultError(f"call {index} has no result in {container}",
+                                     [index])
+        stacked = h5f.get("result_0")
+        values = []
+        if isinstance(stacked, h5py.Dataset):
+            values.append(_esi_row(container, h5f, index))
+        name = f"comp_{index}"
+        if name in h5f or h5f.get(name, getlink=True) is not None:
+            try:
+                group = h5f[name]
+                values.extend(group[k][()] for k in _result_keys(group))
+            except (KeyError, OSError) as exc:
+                link = h5f.get(name, getlink=True)
+                raise MissingResultError(
+                    f"the result file of call {index} ("
+                    f"{getattr(link, 'filename', container)}) is missing or "
+                    f"unreadable: {exc}", [index]) from None
+        if not values:
+            raise MissingResultError(f"call {index} has no result in {container}",
+                                     [index])
+        return values
 
 
+def _esi_row(container: str, h5f, index: int) -> np.ndarray:
+    """Call ``index``'s part of an esi-acme container's ``result_0``: a real row, or
+    read from the virtual dataset's source ``index`` (esi-acme adds one per call,
+    in call order) directly, so that a missing source is an error."""
+    dset = h5f["result_0"]
+    if not dset.is_virtual:
+        sel = [slice(None)] * dset.ndim
+        sel[int(dset.attrs.get("acme_stack_axis", 0))] = index
+        return dset[tuple(sel)]
+    sources = _VirtualSources(dset)
+    if index >= len(sources):
+        raise MissingResultError(f"call {index} has no result in {container}", [index])
+    _, data = sources.read(index, os.path.dirname(container))
+    return data
+
+
+class _VirtualSources:
+    """A virtual dataset's sources, one at a time, from its creation property list.
+
+    Not ``Dataset.virtual_sources()``: the list of every source's selection it
+    returns, while alive, makes every later ``h5py.File`` open and close cost time
+    proportional to the number of sources (DESIGN.md, section 7)."""
+
+    def __init__(self, dset):
+        self.dset = dset
+        self.plist = dset.id.get_create_plist()
+
+    def __len__(self) -> int:
+        return self.plist.get_virtual_count()
+
+    def region(self, k: int) -> tuple:
+        """Where source ``k`` lands in the virtual dataset (a tuple of slices)."""
+        import h5py
+        space = self.plist.get_virtual_vspace(k)
+        try:
+            start, stride, count, block = space.get_regular_hyperslab()
+        except (ValueError, RuntimeError):  # an empty selection: nothing to place
+            return ()
+        finally:
+            space.close()
+        region = []
+        for axis, (s, st, c, b) in enumerate(zip(start, stride, count, block)):
+            if c == h5py.h5s.UNLIMITED or b == h5py.h5s.UNLIMITED:
+                region.append(slice(s, self.dset.shape[axis]))
+            else:
+                region.append(slice(s, s + (c - 1) * st + b))
+        return tuple(region)
+
+    def read(self, k: int, folder: str) -> tuple[str, np.ndarray]:
+        """Source ``k``'s file and its data; MissingResultError if unreadable."""
+        import h5py
+        source = os.path.join(folder, self.plist.get_virtual_filename(k))
+        name = self.plist.get_virtual_dsetname(k)
+        try:
+            with h5py.File(source, "r") as src:
+                return source, src[name][()]
+        except (OSError, KeyError) as exc:
+            raise MissingResultError(f"the result file of call {k} ({source}) is missing "
+                                     f"or unreadable: {exc}", [k]) from None
+
+
+# ------------------------------------------------------------------ public readers
 def load_call(path: str, index: int) -> Any:
     """The return values of one call.
 
@@ -110,51 +464,152 @@ def load_call(path: str, index: int) -> Any:
     Raises
     ------
     MissingResultError
-        The call failed, or its result file is missing or unreadable.
+        The call has no result: it failed, never finished, or its file is
+        missing, damaged or not the one the run recorded.
     FileNotFoundError
         ``path`` is not a run's output folder or container.
+    TypeError, IndexError
+        ``index`` is not an integer, or not a call of the run.
+    acme.state.StateError
+        The run's records in ``.acme`` are damaged.
     """
+    folder = _folder_of(path)
+    run = _open_run(folder)
+    if run is not None:
+        return _load_call_acme(run, index)
+    return _load_call_esi(path, folder, index)
+
+
+def _fill(spec: ResultSpec, shape: tuple) -> np.ndarray:
+    """An array of the stacked shape holding what rows without a value read as in
+    the container (NaN for floating point, zeros otherwise)."""
+    if spec.dtype.kind in "fc":
+        return np.full(shape, np.nan, dtype=spec.dtype)
+    return np.zeros(shape, dtype=spec.dtype)
+
+
+def _place(spec: ResultSpec, out: np.ndarray, index: int, data: np.ndarray) -> None:
+    """Put call ``index``'s value into ``out`` (a scalar is stored with shape (1,))."""
+    shape = data.shape if len(data.shape) == len(spec.call_shape) else spec.call_shape
+    sel = [slice(0, n) for n in shape]
+    sel.insert(spec.stack_axis, index)
+    out[tuple(sel)] = data.reshape(shape)
+
+
+def _payload_result_0(path: str, index: int, spec: ResultSpec, data: bool):
+    """Shape (``data=False``) or value of a payload's result_0, checked against
+    ``result_shape``/``result_dtype``."""
     import h5py
-    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
-    pickles = glob.glob(os.path.join(folder, f"*_{index}.pickle")) + \
-        glob.glob(os.path.join(folder, "*_payload", f"*_{index}.pickle"))
-    if pickles:
-        with open(pickles[0], "rb") as fh:
-            return pickle.load(fh)
     try:
-        container = find_container(path)
-    except FileNotFoundError:
-        if glob.glob(os.path.join(folder, "*.pickle")):  # write_pickle=True: no container
-            raise MissingResultError(f"call {index} has no result in {folder} (no "
-                                     f"*_{index}.pickle)", [index]) from None
-        raise
-    with h5py.File(container, "r") as h5f:
-        name = f"comp_{index}"
-        if index in {int(i) for i in h5f.attrs.get("acme_missing_calls", [])}:
-            # a single file keeps fill values (NaN) for a failed call: not a result
-            raise MissingResultError(f"call {index} has no result in {container}",
-                                     [index])
-        link = h5f.get(name, getlink=True)
-        if link is None:
-            if "result_0" in h5f and not h5f["result_0"].is_virtual:  # single file
-                return _single_file_row(h5f, index)
-            raise MissingResultError(f"call {index} has no result in {container}", [index])
+        with h5py.File(path, "r") as h5f:
+            dset = h5f["result_0"]
+            shape, dtype = dset.shape, dset.dtype
+            value = dset[()] if data else None
+    except (OSError, KeyError, ValueError) as exc:
+        raise MissingResultError(f"the result file of call {index} ({path}) is missing "
+                                 f"or damaged: {exc}", [index]) from None
+    scalar = spec.call_shape == () and shape == (1,)
+    if not (spec.matches(shape) or scalar) or dtype != spec.dtype:
+        raise MissingResultError(
+            f"the result file of call {index} ({path}) holds result_0 of shape {shape} "
+            f"and dtype {dtype}, not result_shape={spec.describe()} of "
+            f"{spec.dtype}", [index])
+    return value if data else shape
+
+
+def _stacked_acme(run: _Run) -> np.ndarray:
+    """load_stacked for an acme run: the journaled calls only, each file read once
+    (twice for an np.inf axis, whose length is the longest call's)."""
+    import h5py
+    spec, problems = run.spec, {}
+    paths = {}
+    for i in range(run.n_calls):
         try:
-            values = _read_group(h5f[name])
-        except KeyError as exc:
-            raise MissingResultError(f"the result file of call {index} "
-                                     f"({h5f.get(name, getlink=True).filename}) is "
-                                     f"missing or unreadable: {exc}", [index]) from None
-        if "result_0" in h5f and not h5f["result_0"].is_virtual:
-            values = [_single_file_row(h5f, index)[0]] + values
-        return values
+            paths[i] = _recorded_file(run, i)
+        except MissingResultError as exc:
+            problems[i] = str(exc)
+            continue
+        if paths[i].endswith(".pickle"):
+            problems[i] = (f"call {i}'s values were pickled ({paths[i]}): read them "
+                           "with load_call")
+    _raise_missing(run, problems)
+    if run.mode == "single_file":
+        with h5py.File(run.layout.container, "r") as h5f:
+            dset = h5f["result_0"]
+            if dset.ndim != len(spec.shape) or dset.shape[spec.stack_axis] != run.n_calls:
+                raise MissingResultError(f"{run.layout.container} holds result_0 of shape "
+                                         f"{dset.shape}, not of result_shape="
+                                         f"{spec.describe()}", list(range(run.n_calls)))
+            return dset[()]
+    inf_length = None
+    if spec.has_inf:
+        axis = [k for k, e in enumerate(spec.call_shape) if e == np.inf][0]
+        shapes = {}
+        for i, path in paths.items():
+            try:
+                shapes[i] = _payload_result_0(path, i, spec, data=False)
+            except MissingResultError as exc:
+                problems[i] = str(exc)
+        _raise_missing(run, problems)
+        inf_length = max((s[axis] if len(s) > axis else 1 for s in shapes.values()),
+                         default=0)
+    out = _fill(spec, spec.full_shape(run.n_calls, inf_length))
+    for i, path in paths.items():
+        try:
+            _place(spec, out, i, _payload_result_0(path, i, spec, data=True))
+        except MissingResultError as exc:
+            problems[i] = str(exc)
+    _raise_missing(run, problems)
+    return out
 
 
-def _single_file_row(h5f, index: int) -> list:
-    axis = int(h5f["result_0"].attrs.get("acme_stack_axis", 0))
-    sel = [slice(None)] * h5f["result_0"].ndim
-    sel[axis] = index
-    return [h5f["result_0"][tuple(sel)]]
+def _raise_missing(run: _Run, problems: dict) -> None:
+    if not problems:
+        return
+    calls = sorted(problems)
+    not_recorded = [i for i in calls if i not in run.journal]
+    damaged = [i for i in calls if i in run.journal]
+    parts = []
+    if not_recorded:
+        parts.append(run.why_missing(not_recorded))
+    if damaged:
+        parts.append(f"unusable: {_ranges(damaged)} (e.g. {problems[damaged[0]]})")
+    raise MissingResultError(f"the results of calls {_ranges(calls)} are missing in "
+                             f"{run.layout.output_dir}: " + "; ".join(parts), calls)
+
+
+def _stacked_esi(path: str) -> np.ndarray:
+    """load_stacked for an esi-acme folder: the container's result_0, a virtual
+    dataset read source by source (each source opened directly)."""
+    import h5py
+    container = find_container(path)
+    with h5py.File(container, "r") as h5f:
+        if "result_0" not in h5f:
+            raise KeyError(f"{container} has no stacked dataset 'result_0'; it was "
+                           "written without result_shape (use load_call for each call)")
+        dset = h5f["result_0"]
+        missing = sorted(int(i) for i in h5f.attrs.get("acme_missing_calls", []))
+        if missing:
+            raise MissingResultError(f"calls {_ranges(missing)} have no result in "
+                                     f"{container}", missing)
+        if not dset.is_virtual:
+            return dset[()]
+        out = np.full(dset.shape, dset.fillvalue, dtype=dset.dtype)
+        sources, problems = _VirtualSources(dset), {}
+        for k in range(len(sources)):
+            try:
+                _, data = sources.read(k, os.path.dirname(container))
+            except MissingResultError as exc:
+                problems[k] = str(exc)
+                continue
+            region = sources.region(k)
+            if region and data.size:
+                out[region] = data.reshape(out[region].shape)
+    if problems:
+        calls = sorted(problems)
+        raise MissingResultError(f"the results of calls {_ranges(calls)} are missing "
+                                 f"(e.g. {problems[calls[0]]})", calls)
+    return out
 
 
 def load_stacked(path: str, name: str = "result_0") -> np.ndarray:
@@ -169,7 +624,7 @@ def load_stacked(path: str, name: str = "result_0") -> np.ndarray:
     path : str
         The output folder of a run made with ``result_shape``, or its container.
     name : str
-        The stacked dataset to read (default ``"result_0"``).
+        The stacked dataset to read: ``"result_0"`` (the only one).
 
     Returns
     -------
@@ -177,52 +632,27 @@ def load_stacked(path: str, name: str = "result_0") -> np.ndarray:
         Shape and dtype as given by ``result_shape`` and ``result_dtype``, with the
         number of calls on the stacking axis. An ``np.inf`` axis has the longest
         call's length; shorter calls are padded with the fill value (NaN for
-        floats).
+        floats, 0 otherwise).
 
     Raises
     ------
     MissingResultError
-        Some calls failed or their files are missing or unreadable; ``.calls``
-        lists them.
+        Some calls have no result (failed, never finished, files missing, damaged
+        or not recorded by the run); ``.calls`` lists them.
     KeyError
-        The container has no dataset ``name`` (the run had no ``result_shape``).
+        ``name`` is not a stacked dataset (the run had no ``result_shape``).
     FileNotFoundError
         ``path`` is not a run's output folder or container.
+    acme.state.StateError
+        The run's records in ``.acme`` are damaged.
     """
-    import h5py
-    container = find_container(path)
-    folder = os.path.dirname(container)
-    with h5py.File(container, "r") as h5f:
-        if name not in h5f:
-            raise KeyError(f"{container} has no stacked dataset {name!r}; it was written "
-                           "without result_shape (use load_call for each call)")
-        dset = h5f[name]
-        if not dset.is_virtual:
-            missing = [int(i) for i in h5f.attrs.get("acme_missing_calls", [])]
-            if missing:
-                raise MissingResultError(f"calls {missing} have no result in {container}",
-                                         missing)
-            return dset[()]
-        # np.inf axes: shorter calls leave padding that reads as the fill value (NaN)
-        out = np.full(dset.shape, dset.fillvalue, dtype=dset.dtype)
-        missing = []
-        for vmap in dset.virtual_sources():
-            source = os.path.join(folder, vmap.file_name)
-            try:
-                with h5py.File(source, "r") as src:
-                    data = src[vmap.dset_name][()]
-            except (OSError, KeyError):
-                missing.append(source)
-                continue
-            if out.size == 0:  # zero-length results: nothing to place, only to check
-                continue
-            start, _, _, block = vmap.vspace.get_regular_hyperslab()
-            index = tuple(slice(s, s + b) for s, b in zip(start, block))
-            out[index] = data.reshape(out[index].shape)
-        n_missing = list(h5f.attrs.get("acme_missing_calls", []))
-    if missing or n_missing:
-        calls = sorted({int(os.path.splitext(p)[0].rsplit("_", 1)[1]) for p in missing}
-                       | {int(i) for i in n_missing})
-        raise MissingResultError(f"the results of calls {calls} are missing "
-                                 f"(expected in {folder})", calls)
-    return out
+    folder = _folder_of(path)
+    run = _open_run(folder)
+    if name != "result_0" or (run is not None and run.spec is None):
+        where = run.layout.output_dir if run is not None else path
+        raise KeyError(f"{where} has no stacked dataset {name!r}; only result_0 of a "
+                       "run made with result_shape is stacked (use load_call for each "
+                       "call)")
+    if run is not None:
+        return _stacked_acme(run)
+    return _stacked_esi(path)
