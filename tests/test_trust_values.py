@@ -416,3 +416,44 @@ def test_a_fingerprint_names_what_it_cannot_digest():
     found = digest(reads_a_global_lock)
     assert found.startswith(UNKNOWN) and "the global 'GLOBAL_LOCK' read by" in found, found
     assert digest(np.zeros(2, dtype=[("a", "f8")])) != digest(np.zeros(2, dtype=[("b", "f8")]))
+
+
+MPI_CAST_SCRIPT = textwrap.dedent('''
+    """Under mpiexec: a value result_dtype int8 cannot hold, in a single file written
+    by every rank (parallel HDF5 where h5py has it) and in per-call files."""
+    import json, sys
+    import numpy as np
+    from acme import ParallelMap, ParallelMapError, load_call
+
+    def values(x):
+        return np.array([x, 1000 if x == 2 else x])
+
+    if __name__ == "__main__":
+        report = {}
+        for single in (True, False):
+            out = sys.argv[1] + ("_single" if single else "_files")
+            try:
+                with ParallelMap(values, list(range(5)), output_dir=out, backend="mpi",
+                                 result_shape=(None, 2), result_dtype="int8",
+                                 single_file=single, verbose=False) as pmap:
+                    pmap.compute()
+                report[out] = {"failed": []}
+            except ParallelMapError as exc:
+                report[out] = {"failed": exc.failed, "message": str(exc),
+                               "others": [load_call(out, i)[0].tolist() for i in (0, 1, 3, 4)]}
+        print("REPORT " + json.dumps(report))
+''')
+
+
+def test_a_value_result_dtype_cannot_hold_fails_its_call_under_mpi(tmp_path):
+    from mpi_helpers import run_mpi
+    script = tmp_path / "mpi_cast.py"
+    script.write_text(MPI_CAST_SCRIPT)
+    proc = run_mpi(str(script), 3, str(tmp_path / "out"), timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(proc.stdout.split("REPORT ", 1)[1])
+    assert len(report) == 2, report
+    for out, found in report.items():
+        assert found["failed"] == [2], (out, found)
+        assert "1000" in found["message"] and "int8" in found["message"], found
+        assert found["others"] == [[i, i] for i in (0, 1, 3, 4)], found
