@@ -296,8 +296,12 @@ class ParallelMap:
 
     # --------------------------------------------------------------- running
     def _make_backend(self):
-        from .backends import auto_backend_name, get_backend
-        from .clusters import _register, current_pool
+        """The backend of this map. "auto" takes only one that can run it and says
+        which and why in one INFO line; a backend that cannot run it here raises now,
+        before anything is written or submitted."""
+        from .backends import choose_auto_backend, get_backend
+        from .clusters import _register
+        from .logs import run_logging
         n_workers = None if self.n_workers == "auto" else self.n_workers
         options = dict(partition=self.partition, mem_per_worker=self.mem_per_worker,
                        setup_timeout=self.setup_timeout,
@@ -305,21 +309,30 @@ class ParallelMap:
                        stop_client=self.stop_client)
         pool = None if isinstance(self.backend_name, str) else self.backend_name
         name = pool.backend_name if pool is not None else self.backend_name
+        choice = None
         if name == "auto":
-            name = auto_backend_name()
-            if name != "mpi":
-                pool = current_pool()  # a pool the user started runs the map
-                name = pool.backend_name if pool is not None else name
+            name, pool, reason = choose_auto_backend(self.func)
+            choice = f"backend auto: {name} ({reason})"
+            with run_logging(self.verbose, None):  # the run's own logging starts later
+                log.info("%s", choice)
+        backend_class = get_backend(name)
         if pool is not None:
-            self._user_pool = pool
-            return get_backend(name)(n_workers=n_workers, pool=pool, **options)
-        if name == "local" and self.stop_client is False:
+            self._user_pool = pool  # (stop_client=True stops it even if it cannot run)
+        check = getattr(backend_class, "check_can_run", None)
+        if check is not None:
+            check(self.func, pool)
+        if pool is not None:
+            backend = backend_class(n_workers=n_workers, pool=pool, **options)
+        elif name == "local" and self.stop_client is False:
             # stop_client=False: the workers this map starts stay up for later maps
             from .backends.local import LocalPool, usable_cores
             own = _register(LocalPool(n_workers or usable_cores(),
                                       self.setup_timeout or 60.0))
-            return get_backend(name)(n_workers=n_workers, pool=own, **options)
-        return get_backend(name)(n_workers=n_workers, **options)
+            backend = backend_class(n_workers=n_workers, pool=own, **options)
+        else:
+            backend = backend_class(n_workers=n_workers, **options)
+        backend.auto_choice = choice  # for the run's log file
+        return backend
 
     def compute(self) -> Union[list, Any]:
         """Run every call and return the results.

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import importlib
 import logging
-from typing import Union
+from typing import Any, Callable, Optional, Union
 
 from .base import Backend
 
 log = logging.getLogger("acme")
 
 __all__ = ["Backend", "register_backend", "registered_backends", "get_backend", "is_registered",
-           "auto_backend_name"]
+           "auto_backend_name", "choose_auto_backend"]
 
 ENTRY_POINT_GROUP = "acme.backends"
 
@@ -91,33 +91,74 @@ def get_backend(name: str) -> type:
 
 
 def auto_backend_name() -> str:
-    """What ``backend="auto"`` means here: MPI inside an ``acme.mpi_run`` job; SLURM
-    (one job submitted per run) where SLURM is usable and this process is not part of
-    an MPI run or a SLURM job; else local processes.
+    """What ``backend="auto"`` means here, for no particular function and ignoring
+    running pools: "mpi", "slurm" or "local" (see :func:`choose_auto_backend`)."""
+    return choose_auto_backend(None, pools=False)[0]
 
+
+def choose_auto_backend(func: Optional[Callable] = None, pools: bool = True) -> tuple:
+    """What ``backend="auto"`` runs the calls of ``func`` on, and why.
+
+    In order: MPI inside an ``acme.mpi_run`` job; the running pool of
+    :func:`acme.local_cluster_setup` / :func:`acme.slurm_cluster_setup` (``pools``);
+    SLURM (one job per run) where SLURM is usable, this process is neither part of
+    an MPI run nor inside a SLURM job, and the job could run the calls (its Python
+    imports mpi4py and acme, its ranks can load ``func``); else local processes.
     ``ACME_AUTO_SLURM=0`` in the environment keeps "auto" off SLURM (the test suite
     sets it; a user on a login node may too).
+
+    Returns
+    -------
+    tuple
+        ``(name, pool, reason)``: the backend's name, the running pool to use (or
+        None) and a sentence saying why.
     """
     import sys
     runner = sys.modules.get("acme.mpi_run")
-    if runner is not None and getattr(runner, "active_pool", lambda: None)() is not None:
-        return "mpi"
-    if _slurm_auto():
-        return "slurm"
-    return "local"
+    mpi_pool = getattr(runner, "active_pool", lambda: None)() if runner else None
+    if mpi_pool is not None:
+        return "mpi", None, (f"inside an acme.mpi_run job: the calls run on its "
+                             f"{len(getattr(mpi_pool, 'workers', []))} worker rank(s)")
+    if pools:
+        from acme.clusters import current_pool
+        pool = current_pool()
+        if pool is not None:
+            return pool.backend_name, pool, _pool_reason(pool)
+    why_not = _why_not_slurm(func)
+    if why_not is None:
+        return "slurm", None, ("SLURM is usable here, this process is not inside a job, "
+                               "and the job can run the calls: one sbatch job per run; "
+                               "ACME_AUTO_SLURM=0 keeps auto local")
+    return "local", None, why_not
+
+
+def _pool_reason(pool: Any) -> str:
+    if pool.backend_name == "slurm":
+        return (f"the running SLURM worker pool (job {pool.job_id}, {pool.n_workers} "
+                f"worker rank(s), partition {pool.partition}) of slurm_cluster_setup")
+    return (f"the running {pool.backend_name} worker pool ({pool.n_workers} workers) of "
+            f"{pool.backend_name}_cluster_setup or of a map with stop_client=False")
 
 
 # --- SLURM detection for "auto" (see backends/slurm.py) -----------------------------
 _MPI_LAUNCH_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")
 
 
-def _slurm_auto() -> bool:
-    """Whether "auto" submits to SLURM: usable (``sbatch`` on PATH, ``sinfo``
-    answers), and we are neither inside a SLURM job nor started by an MPI launcher."""
+def _why_not_slurm(func: Optional[Callable]) -> Optional[str]:
+    """Why "auto" does not submit to SLURM (None: it does)."""
     import os
-    if os.environ.get("ACME_AUTO_SLURM", "").strip().lower() in ("0", "no", "false", "off"):
-        return False
-    if any(os.environ.get(v) for v in _MPI_LAUNCH_VARIABLES):
-        return False
-    from .slurm import in_slurm_allocation, slurm_usable
-    return not in_slurm_allocation() and slurm_usable()
+    setting = os.environ.get("ACME_AUTO_SLURM", "").strip()
+    if setting.lower() in ("0", "no", "false", "off"):
+        return f"ACME_AUTO_SLURM={setting} keeps auto off SLURM"
+    launcher = next((v for v in _MPI_LAUNCH_VARIABLES if os.environ.get(v)), None)
+    if launcher:
+        return f"this process was started by an MPI launcher ({launcher} is set)"
+    from .slurm import (function_problem, in_slurm_allocation, slurm_problem,
+                        slurm_unusable_reason)
+    if in_slurm_allocation():
+        return (f"this process runs inside SLURM job "
+                f"{os.environ.get('SLURM_JOB_ID') or os.environ.get('SLURM_JOBID')}")
+    if slurm_unusable_reason() is not None:
+        return f"SLURM is not usable here ({slurm_unusable_reason()})"
+    problem = slurm_problem() or (function_problem(func) if func is not None else None)
+    return f"SLURM is usable here, but {problem}" if problem else None

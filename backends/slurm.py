@@ -85,8 +85,9 @@ from .slurm_site import (  # noqa: F401 - names of this module before the split
     WORKER_BASE_MB, PartitionInfo, SlurmJobError, SlurmSetupTimeout,
     SlurmSubmitError, _cancel, _job_record, _job_state, _key_values, _live_jobs,
     _log_tail, _parse_mb, _parse_minutes, _python_path, _sbatch_quote, _slurm,
-    _wait_until_gone, choose_partition, in_slurm_allocation, job_error, plan_job,
-    read_partitions, slurm_usable, submit, time_text, write_job_script)
+    _wait_until_gone, choose_partition, in_slurm_allocation, job_error,
+    job_python_problem, plan_job, read_partitions, slurm_unusable_reason, slurm_usable,
+    submit, time_text, write_job_script)
 
 log = logging.getLogger("acme")
 
@@ -220,6 +221,25 @@ class SlurmBackend(Backend):
     def is_available(cls) -> bool:
         return slurm_usable()
 
+    @classmethod
+    def check_can_run(cls, func, pool=None) -> None:
+        """Raise now, before anything is written, measured or submitted, when the
+        calls of ``func`` cannot run: RuntimeError when SLURM or the job's Python
+        cannot (mpi4py missing, ...), TypeError when the job cannot load ``func``."""
+        if pool is not None:
+            pool.check()  # its job still RUNS
+            problem = pool.function_problem(func)
+            if problem:
+                raise TypeError(f"the SLURM worker pool (job {pool.job_id}) cannot run "
+                                f"this map: {problem}")
+            return
+        problem = slurm_problem()
+        if problem:
+            raise RuntimeError(f"backend='slurm' cannot run here: {problem}")
+        problem = function_problem(func)
+        if problem:
+            raise TypeError(f"backend='slurm' cannot run this map: {problem}")
+
     def _pool_options(self, n_workers: Optional[int]) -> None:
         """Say which of this map's settings a running pool cannot follow."""
         pool = self.pool
@@ -314,8 +334,32 @@ class SlurmBackend(Backend):
                    "Resubmit with: sbatch job.sh"]
         return write_job_script(folder, plan, name, comment, [folder])
 
-    def _submit(self, script: str, folder: str) -> str:
-        return submit(script, self.sbatch_args)
+    def _submit(self, script: str, folder: str, temporary: bool = False) -> str:
+        return submit(script, self.sbatch_args, keep_script=not temporary)
+
+    def _prepare_job(self, context: WorkerContext, tasks: list, plan: dict,
+                     timeout: Optional[float]) -> tuple:
+        """Write the job folder and submit it: ``(folder, temporary, job_id)``. When
+        anything fails before a job exists, nothing is left behind: a temporary
+        folder is removed; in the output folder only the job script stays."""
+        folder, temporary = self._job_folder(context)
+        self.job_dir = folder
+        self._on_disk = not temporary
+        try:
+            script = self._write_job(folder, context, tasks, plan, timeout)
+            job_id = self._submit(script, folder, temporary)
+        except BaseException:
+            if temporary:
+                shutil.rmtree(folder, ignore_errors=True)
+            else:
+                for name in (CONTEXT_FILE, TASKS_FILE, JOB_FILE):
+                    _remove_quietly(os.path.join(folder, name))
+                _remove_empty_folder(folder)
+            self.job_dir = None
+            raise
+        self.job_id = job_id
+        _live_jobs.add(job_id)
+        return folder, temporary, job_id
 
     # ------------------------------------------------------------ running
     def run(self, context: WorkerContext, tasks: list[CallTask],
@@ -328,15 +372,9 @@ class SlurmBackend(Backend):
         if not tasks:
             return
         plan = self._plan(context, tasks)
-        folder, temporary = self._job_folder(context)
-        self.job_dir = folder
-        self._on_disk = not temporary
+        folder, temporary, job_id = self._prepare_job(context, tasks, plan, timeout)
         success = False
         try:
-            script = self._write_job(folder, context, tasks, plan, timeout)
-            job_id = self._submit(script, folder)
-            self.job_id = job_id
-            _live_jobs.add(job_id)
             log_path = os.path.join(folder, f"slurm-{job_id}.out")
             log.info("submitted SLURM job %s: %d calls on %d worker rank(s) + 1, partition "
                      "%s%s%s; job folder %s", job_id, len(tasks), plan["n_workers"],
@@ -528,28 +566,55 @@ def _has_cloudpickle() -> bool:
         return False
 
 
-def _main_script_for_workers(func) -> str:
-    """Without cloudpickle a ``__main__`` function travels by reference: the job loads
-    the script (without running its main block) on every rank."""
+def main_script_problem(func) -> tuple:
+    """``(script, problem)``: without cloudpickle a ``__main__`` function travels by
+    reference, and the job loads ``script`` (without running its main block) on every
+    rank; ``problem`` says why it cannot (None: it can)."""
     from acme.mpi_run import has_main_guard
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
     name = getattr(func, "__name__", func)
     if not path or not os.path.isfile(path):
-        raise TypeError(
-            f"The function {name!r} was defined in an interactive session, so the SLURM "
-            "job cannot import it. Install cloudpickle (pip install cloudpickle) to send "
-            "it by value, or define it in a module.")
+        return None, (f"the function {name!r} was defined in an interactive session and "
+                      "cloudpickle is not importable here, so a SLURM job cannot load "
+                      "it; install cloudpickle (pip install cloudpickle) to send it by "
+                      "value, or define it in a module")
     path = os.path.abspath(path)
     if not has_main_guard(path):
-        raise TypeError(
-            f"The function {name!r} is defined in {path}, which has no `if __name__ == "
-            "\"__main__\":` block, so the SLURM job cannot load it without running the "
-            "whole script again. Add that block, move the function into a module, or "
-            "install cloudpickle (pip install cloudpickle).")
+        return path, (f"the function {name!r} is defined in {path}, which has no `if "
+                      "__name__ == \"__main__\":` block, so a SLURM job cannot load it "
+                      "without running the whole script again; add that block, move "
+                      "the function into a module, or install cloudpickle (pip install "
+                      "cloudpickle)")
+    return path, None
+
+
+def slurm_problem() -> Optional[str]:
+    """Why no job can be submitted from here or run its ranks (None: it can)."""
+    unusable = slurm_unusable_reason()
+    if unusable:
+        return f"SLURM is not usable here ({unusable})"
+    return job_python_problem()[0]
+
+
+def function_problem(func) -> Optional[str]:
+    """Why the ranks of a job started from here could not load ``func`` (None: they
+    can): how :func:`write_work` sends it decides what they need."""
+    if _has_cloudpickle():
+        if not job_python_problem()[1]:
+            return (f"the function travels by value (cloudpickle), but cloudpickle is "
+                    f"not importable in {sys.executable} as the job runs it")
+        return None
+    if getattr(func, "__module__", None) != "__main__":
+        return None  # by reference, from a module on the job's import path
+    return main_script_problem(func)[1]
+
+
+def _main_script_for_workers(func) -> str:
+    path, problem = main_script_problem(func)
+    if problem:
+        raise TypeError(problem[0].upper() + problem[1:])
     return path
-
-
 
 
 def write_work(folder: str, context: WorkerContext, tasks: list) -> Optional[str]:
@@ -580,4 +645,11 @@ def _remove_quietly(path: str) -> None:
     try:
         os.remove(path)
     except OSError:
+        pass
+
+
+def _remove_empty_folder(path: str) -> None:
+    try:
+        os.rmdir(path)
+    except OSError:  # not empty (the job script stays), or gone
         pass

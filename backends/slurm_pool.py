@@ -53,8 +53,9 @@ from acme.tasks import CallTask, WorkerContext
 from .slurm import _has_cloudpickle, write_work
 from .slurm_site import (END_GRACE_SECONDS, WAITING_STATES, SlurmJobError,
                          SlurmSetupTimeout, _cancel, _job_record, _job_state, _live_jobs,
-                         _log_tail, _wait_until_gone, job_error, plan_job, slurm_usable,
-                         submit, time_text, write_job_script)
+                         _log_tail, _wait_until_gone, job_error, job_python_problem,
+                         plan_job, slurm_unusable_reason, submit, time_text,
+                         write_job_script)
 
 log = logging.getLogger("acme")
 
@@ -250,6 +251,22 @@ class SlurmPool:
         self._heartbeat.start()
 
     # ------------------------------------------------------------ maps
+    def function_problem(self, func) -> Optional[str]:
+        """Why the pool's ranks could not load ``func`` (None: they can)."""
+        from .slurm import function_problem, main_script_problem
+        problem = function_problem(func)
+        if problem or _has_cloudpickle() or getattr(func, "__module__", None) != "__main__":
+            return problem
+        path = main_script_problem(func)[0]
+        if path == self.main_script:
+            return None
+        return (f"the function {getattr(func, '__name__', func)!r} is defined in {path}, "
+                "which the pool's ranks did not load "
+                + (f"(they loaded {self.main_script})" if self.main_script else
+                   "(the pool was started from elsewhere)")
+                + "; install cloudpickle (pip install cloudpickle) to send it by value, "
+                "move it into a module, or start the pool from that script")
+
     def _send(self, context: WorkerContext, tasks: list, timeout: Optional[float],
               n_workers: int) -> tuple:
         """Write the map into a temporary folder, then rename it to the next
@@ -427,6 +444,24 @@ def _main_script_to_load() -> Optional[str]:
     return None
 
 
+def _submit_pool(folder: str, plan: dict, main_script: Optional[str],
+                 orphan: Optional[float], job_name: str, sbatch_args: list,
+                 temporary: bool) -> str:
+    """Write the pool folder's job files and submit it; the job id."""
+    with open(os.path.join(folder, JOB_FILE), "w", encoding="utf-8") as fh:
+        json.dump({"mode": "serve", "n_workers": plan["n_workers"],
+                   "main_script": main_script, "orphan_seconds": orphan,
+                   "python": sys.executable, **plan}, fh, indent=1)
+    with open(os.path.join(folder, ALIVE_FILE), "w"):
+        pass
+    comment = [f"Written by acme.slurm_cluster_setup: a worker pool of {plan['n_workers']} "
+               "worker rank(s) + 1 scheduling rank,",
+               "running the maps that appear as map_0001/, map_0002/, ... until the "
+               "file 'stop' appears."]
+    script = write_job_script(folder, plan, job_name, comment, ["--serve", folder])
+    return submit(script, ["--no-requeue", *sbatch_args], keep_script=not temporary)
+
+
 def start_allocation(partition: str = "auto", n_workers: Optional[int] = None,
                      mem_per_worker: str = "auto", timeout: float = 60,
                      interactive: bool = True, **kwargs: Any) -> SlurmPool:
@@ -479,9 +514,11 @@ def start_allocation(partition: str = "auto", n_workers: Optional[int] = None,
     if kwargs:
         log.warning("slurm_cluster_setup: ignoring unknown option(s) %s",
                     ", ".join(sorted(kwargs)))
-    if not slurm_usable(refresh=True):
-        raise RuntimeError("SLURM is not usable from here: sbatch, sinfo and scontrol have "
-                           "to be on PATH and slurmctld has to answer")
+    unusable = slurm_unusable_reason(refresh=True)
+    problem = f"SLURM is not usable here ({unusable})" if unusable else \
+        job_python_problem()[0]  # the ranks' Python: mpi4py, acme
+    if problem:
+        raise RuntimeError(f"slurm_cluster_setup cannot start a worker pool: {problem}")
 
     plan = plan_job(partition, None if mem == "auto" else mem,
                     None if workers == "auto" else workers, time_limit, None)
@@ -497,18 +534,13 @@ def start_allocation(partition: str = "auto", n_workers: Optional[int] = None,
         folder = os.path.abspath(folder)
         os.makedirs(folder, exist_ok=True)
     main_script = _main_script_to_load()
-    with open(os.path.join(folder, JOB_FILE), "w", encoding="utf-8") as fh:
-        json.dump({"mode": "serve", "n_workers": plan["n_workers"],
-                   "main_script": main_script, "orphan_seconds": orphan,
-                   "python": sys.executable, **plan}, fh, indent=1)
-    with open(os.path.join(folder, ALIVE_FILE), "w"):
-        pass
-    comment = [f"Written by acme.slurm_cluster_setup: a worker pool of {plan['n_workers']} "
-               "worker rank(s) + 1 scheduling rank,",
-               "running the maps that appear as map_0001/, map_0002/, ... until the "
-               "file 'stop' appears."]
-    script = write_job_script(folder, plan, job_name, comment, ["--serve", folder])
-    job_id = submit(script, ["--no-requeue", *sbatch_args])
+    try:
+        job_id = _submit_pool(folder, plan, main_script, orphan, job_name, sbatch_args,
+                              temporary)
+    except BaseException:  # no job exists: leave nothing behind
+        if temporary:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     _live_jobs.add(job_id)
     log.info("submitted SLURM job %s: a worker pool of %d worker rank(s) + 1, partition "
              "%s%s%s; pool folder %s", job_id, plan["n_workers"], plan["partition"],

@@ -27,7 +27,8 @@ from typing import Callable, Optional
 log = logging.getLogger("acme")
 
 __all__ = ["SlurmSubmitError", "SlurmJobError", "SlurmSetupTimeout", "PartitionInfo",
-           "read_partitions", "choose_partition", "slurm_usable", "in_slurm_allocation",
+           "read_partitions", "choose_partition", "slurm_usable", "slurm_unusable_reason",
+           "in_slurm_allocation", "job_python_problem",
            "plan_job", "write_job_script", "submit", "job_error",
            "ACTIVE_STATES", "WAITING_STATES"]
 
@@ -105,28 +106,97 @@ def _slurm(args: list, timeout: float = 30.0, check: bool = True) -> subprocess.
     return proc
 
 
-_usable: Optional[bool] = None
+_unusable: Optional[tuple] = None  # (reason or None,), once per process
+
+
+def slurm_unusable_reason(refresh: bool = False) -> Optional[str]:
+    """Why SLURM cannot take jobs from here (None: it can): the client commands are
+    on PATH and slurmctld answers (checked once per process unless ``refresh``)."""
+    global _unusable
+    if _unusable is None or refresh:
+        missing = [c for c in ("sbatch", "sinfo", "scontrol") if not shutil.which(c)]
+        reason = f"{', '.join(missing)} not on PATH" if missing else None
+        # `scontrol ping` says in milliseconds whether slurmctld is down; `sinfo`
+        # alone would retry for ≈ 10 s first
+        for cmd in (["scontrol", "ping"], ["sinfo", "-h", "-o", "%P"]):
+            if reason:
+                break
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=10,
+                                      stdin=subprocess.DEVNULL)
+                if proc.returncode != 0 or not proc.stdout.strip():
+                    reason = f"`{' '.join(cmd)}` failed (slurmctld not reachable?)"
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                reason = f"`{' '.join(cmd)}` failed: {exc}"
+        _unusable = (reason,)
+    return _unusable[0]
 
 
 def slurm_usable(refresh: bool = False) -> bool:
     """Whether SLURM can take jobs from here: ``sbatch`` is on PATH and ``sinfo``
     answers (checked once per process unless ``refresh``)."""
-    global _usable
-    if _usable is None or refresh:
-        ok = all(shutil.which(c) for c in ("sbatch", "sinfo", "scontrol"))
-        # `scontrol ping` says in milliseconds whether slurmctld is down; `sinfo`
-        # alone would retry for ≈ 10 s first
-        for cmd in (["scontrol", "ping"], ["sinfo", "-h", "-o", "%P"]):
-            if not ok:
-                break
-            try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=10,
-                                      stdin=subprocess.DEVNULL)
-                ok = proc.returncode == 0 and bool(proc.stdout.strip())
-            except (OSError, subprocess.TimeoutExpired):
-                ok = False
-        _usable = ok
-    return _usable
+    return slurm_unusable_reason(refresh) is None
+
+
+# What every rank of a job imports first (mpi4py without starting MPI: this runs on
+# the submitting machine, outside any MPI launcher).
+_JOB_IMPORTS = """
+import sys
+try:
+    import mpi4py
+    mpi4py.rc.initialize = mpi4py.rc.finalize = False
+    from mpi4py import MPI
+except BaseException as exc:
+    sys.exit(f"mpi4py is not importable in {sys.executable} ({type(exc).__name__}: {exc})")
+try:
+    import acme.slurm_job, acme.backends.mpi, acme.sinks
+except BaseException as exc:
+    sys.exit(f"acme is not importable in {sys.executable} with the job's PYTHONPATH "
+             f"({type(exc).__name__}: {exc})")
+try:
+    import cloudpickle
+    print("cloudpickle")
+except ImportError:
+    pass
+"""
+_job_python: dict = {}
+JOB_PYTHON_SECONDS = 60.0
+
+
+def job_python_problem() -> tuple:
+    """``(problem, has_cloudpickle)`` of the Python a job's ranks run.
+
+    The ranks run this interpreter (``sys.executable``, the same path on the compute
+    nodes) with this process's environment (``sbatch`` exports it) and the job
+    script's PYTHONPATH: that interpreter is started here the same way and imports
+    what a rank imports first. ``problem`` says what failed (None: nothing);
+    ``has_cloudpickle`` whether functions sent by value can be loaded there. Checked
+    once per process, interpreter, import path and folder.
+    """
+    python, path = sys.executable, _python_path()
+    key = (python, path, os.getcwd())
+    if key not in _job_python:
+        if not python:
+            _job_python[key] = ("this process does not know its interpreter "
+                                "(sys.executable is empty)", False)
+            return _job_python[key]
+        env = dict(os.environ, PYTHONPATH=path)
+        try:
+            proc = subprocess.run([python, "-c", _JOB_IMPORTS], capture_output=True,
+                                  text=True, timeout=JOB_PYTHON_SECONDS, env=env,
+                                  stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            _job_python[key] = (f"{python} did not import mpi4py and acme within "
+                                f"{JOB_PYTHON_SECONDS:g} s", False)
+            return _job_python[key]
+        except OSError as exc:
+            _job_python[key] = (f"{python} cannot be started: {exc}", False)
+            return _job_python[key]
+        lines = (proc.stderr or "").strip().splitlines()
+        problem = None if proc.returncode == 0 else (
+            lines[-1] if lines else f"{python} exited with code {proc.returncode}")
+        _job_python[key] = (problem, "cloudpickle" in proc.stdout)
+    return _job_python[key]
 
 
 def in_slurm_allocation() -> bool:
@@ -505,19 +575,36 @@ def write_job_script(folder: str, plan: dict, name: str, comment: list,
     return script
 
 
-def submit(script: str, sbatch_args: list) -> str:
-    """``sbatch --parsable [sbatch_args] script``; the job id, or SlurmSubmitError."""
+def submit(script: str, sbatch_args: list, keep_script: bool = True) -> str:
+    """``sbatch --parsable [sbatch_args] script``; the job id, or SlurmSubmitError
+    naming what the job asked for (and the script, unless ``not keep_script``: the
+    caller removes it)."""
     cmd = ["sbatch", "--parsable", *sbatch_args, script]
     proc = _slurm(cmd, timeout=60, check=False)
+    where = f"job script: {script}" if keep_script else \
+        "its temporary job folder was removed"
     if proc.returncode != 0:
         raise SlurmSubmitError(
             f"sbatch refused the job (exit code {proc.returncode}): "
-            f"{(proc.stderr or proc.stdout).strip()}; job script: {script}")
+            f"{(proc.stderr or proc.stdout).strip()}; it asked for "
+            f"{_asked_for(script, sbatch_args)}; {where}")
     job_id = proc.stdout.strip().split(";")[0].strip()
     if not job_id.isdigit():
         raise SlurmSubmitError(f"sbatch gave no job id: {proc.stdout!r} "
-                               f"{proc.stderr!r}; job script: {script}")
+                               f"{proc.stderr!r}; {where}")
     return job_id
+
+
+def _asked_for(script: str, sbatch_args: list) -> str:
+    """The ``#SBATCH`` options of ``script`` and the extra sbatch arguments."""
+    try:
+        with open(script, encoding="utf-8") as fh:
+            options = [line.split(None, 1)[1].strip() for line in fh
+                       if line.startswith("#SBATCH ")]
+    except OSError:
+        options = []
+    return " ".join(o for o in options + list(sbatch_args)
+                    if not o.startswith(("--output", "--chdir", "--job-name"))) or "?"
 
 
 def time_text(value) -> Optional[str]:
