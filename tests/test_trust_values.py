@@ -56,6 +56,9 @@ RESUME_SCRIPT = textwrap.dedent('''
         def __call__(self, x):
             return base(x, len(self.tags), self.offset)
 
+        def shifted(self, x):
+            return base(x, 0.0, self.offset)
+
     def with_tags(x, tags):
         return base(x, len(getattr(tags, "tags", tags)))
 
@@ -78,6 +81,8 @@ RESUME_SCRIPT = textwrap.dedent('''
         func = functools.partial(base, offset=2.0 if B else 1.0)
     elif variant == "callable":
         func = Adder(2.0 if B else 1.0, {"x", "y", "z"})
+    elif variant == "method":
+        func = Adder(2.0 if B else 1.0, set()).shifted
     elif variant == "set":
         func, args = with_tags, (xs, tags)
     elif variant == "set-in-object":  # pickled, a set's order depends on the hash seed
@@ -105,6 +110,7 @@ CHANGES = {
     "global": "the function",
     "partial": "the function",
     "callable": "the function",
+    "method": "the function",
     "set": "positional argument 1 has changed",
     "set-in-object": "positional argument 1 has changed",
     "masked": "positional argument 1 has changed",
@@ -148,7 +154,7 @@ def _check_resumed(tmp_path, out, variant, ran_before):
     assert stats == {"ran": N // 2, "resumed": N // 2}, str(again)
     assert _markers(tmp_path) == sorted(ran_before + [1, 3, 5]), "resume re-ran done calls"
     extra = {"lambda": 1.0, "closure": 1.0, "global": 0.0, "partial": 1.0,
-             "callable": 3.0 + 1.0, "set": 5.0, "set-in-object": 5.0, "masked": 5.0}[variant]
+             "callable": 3.0 + 1.0, "method": 1.0, "set": 5.0, "set-in-object": 5.0, "masked": 5.0}[variant]
     for i in range(N):
         np.testing.assert_array_equal(acme.load_call(str(out), i)[0], [i * 2.0 + extra, i])
 
