@@ -212,25 +212,26 @@ def test_parent_killed(moment, tmp_path):
 
 # ================================================================== kill a worker
 def test_worker_killed_during_calls(tmp_path):
-    """SIGKILL of one local worker process while calls run (as the OOM killer would):
-    only that worker's calls may fail (WorkerDied); the run goes on; then resume."""
+    """SIGKILL of one or two local worker processes at random moments (inside a call,
+    between calls and batches), as the OOM killer would: only the calls running on a
+    killed worker may fail (WorkerDied); the run goes on; then resume."""
     tally = Tally("worker killed")
-    for seed in SEEDS:
+    for seed in SEEDS + [s + 100 for s in SEEDS]:
         rng = random.Random(f"worker-{seed}")
         base = tmp_path / f"s{seed}"
         base.mkdir()
         log, out = base / "calls.log", base / "out"
-        mode, n = rng.choice(FAULT_MODES), rng.randint(12, 30)
-        desc = fault_desc(n, seed, log, sleep=rng.choice([0.0, 0.03]))
+        mode, n = rng.choice(FAULT_MODES), rng.randint(20, 60)
+        desc = fault_desc(n, seed, log, sleep=rng.choice([0.0, 0.005, 0.03]))
         ref = quiet_reference(desc)
         run = Run(base, f"run{seed}", desc, mode, out)
         pid = run.script_pid()
-        target = rng.randint(0, n // 2)
-        wait_for(lambda: len(logged_calls(log)) >= target, 60, 0.002)
-        workers = descendants(pid)
-        if workers:
-            os.kill(rng.choice(workers), signal.SIGKILL)
-            tally.counts["kills"] += 1
+        for target in sorted(rng.sample(range(n // 2), rng.randint(1, 2))):
+            wait_for(lambda: len(logged_calls(log)) >= target, 60, 0.001)
+            workers = [p for p in descendants(pid) if pid_alive(p)]
+            if workers and run.proc.proc.poll() is None:
+                os.kill(rng.choice(workers), signal.SIGKILL)
+                tally.counts["kills"] += 1
         tally.counts["seeds"] += 1
         outcome = run.outcome()
         if outcome["status"] == "exception":
@@ -241,8 +242,76 @@ def test_worker_killed_during_calls(tmp_path):
                                     f"{outcome['cause']}: {outcome['message'][:500]}"])
         if outcome.get("left"):
             tally.add(seed, "run", [f"processes left: {outcome['left']}"])
-        after_fault(tally, seed, base, desc, mode, out, ref, log,
-                    allowed_failures=("ValueError",))
+        after_fault(tally, seed, base, desc, mode, out, ref, log)
+    tally.done()
+
+
+def test_worker_killed_while_idle(tmp_path):
+    """SIGKILL of a worker that waits for work (as the OOM killer would pick it):
+    between two maps on a reused local pool, or at the end of a map while another
+    worker still runs a long call. Nothing may be lost: the next map (or the rest of
+    this one) completes; only a call running on the killed worker may fail."""
+    tally = Tally("idle worker killed")
+    for seed in SEEDS:
+        rng = random.Random(f"idle-{seed}")
+        base = tmp_path / f"s{seed}"
+        base.mkdir()
+        log = base / "calls.log"
+        mode = rng.choice(FAULT_MODES + ["memory"])
+        n = rng.randint(6, 12)
+        descs = [fault_desc(n, seed * 10 + k, log, sleep=0.0) for k in range(2)]
+        descs[1]["spec"].update(slow_x=n - 1, slow_s=1.0)
+        descs[1]["args"][1] = ("value", descs[1]["spec"])
+        outs = [base / f"out{k}" for k in range(2)]
+        job = base / "job.pkl"
+        result = base / "outcome.pkl"
+        with open(job, "wb") as fh:
+            pickle.dump({"pool": 2, "maps": [{"desc": d, "mode": mode, "output_dir": str(o)}
+                                             for d, o in zip(descs, outs)]}, fh)
+        proc = Proc([sys.executable, str(SCRIPT), str(job), str(result)], base, "pool",
+                    cwd=str(base))
+        tally.counts["seeds"] += 1
+        killed_at_end, code = False, None
+        try:
+            wait_for(lambda: "PID " in proc.out_path.read_text(), 30)
+            pid = int(proc.out_path.read_text().split()[1])
+            Path(f"{result}.go0").touch()
+            wait_for(lambda: Path(f"{result}.0").exists(), 60)
+            workers = descendants(pid)
+            if workers:  # between maps: every pool worker is idle
+                os.kill(rng.choice(workers), signal.SIGKILL)
+                tally.counts["kills between maps"] = tally.counts.get("kills between maps", 0) + 1
+            Path(f"{result}.go1").touch()
+            # at the end of map 1: every call started, the slow one still runs
+            wait_for(lambda: len(logged_calls(log)) >= 2 * n, 60, 0.002)
+            workers = [p for p in descendants(pid) if pid_alive(p)]
+            killed_at_end = bool(workers) and rng.random() < 0.5
+            if killed_at_end:
+                os.kill(rng.choice(workers), signal.SIGKILL)
+                tally.counts["kills at the end"] = tally.counts.get("kills at the end", 0) + 1
+            code = proc.wait(90)
+        finally:
+            left = proc.kill_group()
+        if code != 0 or left:
+            tally.add(seed, "pool script", [f"exit {code}, processes left {left}\n"
+                                            f"{proc.output()}"])
+        for k, desc in enumerate(descs):
+            path = Path(f"{result}.{k}")
+            if not path.exists():
+                tally.add(seed, f"map {k}", ["no outcome"])
+                continue
+            with open(path, "rb") as fh:
+                outcome = pickle.load(fh)
+            ref = quiet_reference(desc)
+            if k == 1 and killed_at_end and outcome["status"] == "failed" and \
+                    outcome["cause"] == "WorkerDied" and outcome["failed"] == [n - 1]:
+                # the slow call ran on the worker that was killed: it alone may fail
+                tally.counts["calls lost with their worker"] = \
+                    tally.counts.get("calls lost with their worker", 0) + 1
+                ref = [("raise", "WorkerDied") if i in outcome["failed"] else r
+                       for i, r in enumerate(ref)]
+                outcome = dict(outcome, cause="ValueError")  # check the rest as usual
+            tally.add(seed, f"map {k} ({mode})", check_outcome(desc, mode, outcome, ref))
     tally.done()
 
 

@@ -86,6 +86,8 @@ def evaluate(name: str, spec: dict, arguments: dict):
             os.close(fd)
     if spec.get("sleep"):
         time.sleep(spec["sleep"])
+    if spec.get("slow_x") is not None and arguments.get("x") == spec["slow_x"]:
+        time.sleep(spec["slow_s"])  # one long call: the other workers go idle
     if seed % 100 < spec.get("raise_pct", 0):
         raise ValueError(f"planned failure of {name} (seed {seed})")
     return make_value(np.random.default_rng(seed), spec["ret"])
