@@ -44,14 +44,19 @@ class ParallelMap:
         True (default): every call's return values are saved to HDF5 files by the
         worker that computed them. False: return values are collected in memory.
     output_dir : str or None
-        Folder for result files; default ``ACME_YYYYMMDD-hhmmss-ffffff`` in the
-        current directory.
+        Folder for result files (``~`` is the home folder); default
+        ``ACME_YYYYMMDD-hhmmss-ffffff`` in the current directory.
     result_shape : tuple or None
         Shape of the stacked first return values, with one ``None`` marking the axis
         along which calls are stacked (e.g. ``(None, 100)`` for calls returning 100
-        values each); ``np.inf`` marks an axis of unknown length (on disk only).
+        values each); ``np.inf`` marks an axis of unknown length (on disk only). In
+        memory, calls that return several values give, as in esi-acme, the list
+        ``[stacked array, other values of call 0, other values of call 1, ...]``.
     result_dtype : str
-        numpy dtype of the stacked results (default ``"float"``, i.e. float64).
+        numpy dtype of the stacked results (default ``"float"``, i.e. float64). A
+        value it cannot hold (an integer out of range or not exact as a float, a
+        finite float that would overflow to inf, bytes that would be cut short)
+        fails that call; lower float precision (e.g. ``"float32"``) is fine.
     single_file : bool
         Write every call's results into one HDF5 file instead of one file per call.
     write_pickle : bool
@@ -91,8 +96,10 @@ class ParallelMap:
     resume : bool
         Continue the run in ``output_dir``: only calls without a complete result
         (failed, stopped, never started) run again. The run's function, number of
-        calls and arguments must be the same (a fingerprint is kept in the folder).
-        Not a parameter of esi-acme.
+        calls and arguments must be the same (a fingerprint is kept in the folder:
+        the function's code, defaults, closure and the globals it reads, every
+        argument's value). Arguments acme cannot fingerprint (locks, open files,
+        generators) make resume refuse. Not a parameter of esi-acme.
     **kwargs
         Keyword arguments of ``func``, distributed by the same rules as ``args``
         (a list/tuple keyword counts as one value per call only if ``func``'s default
