@@ -9,7 +9,9 @@ go to the log file but not to the console.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import os
 import sys
 from typing import Iterator, Optional
 
@@ -18,6 +20,23 @@ log = logging.getLogger("acme")
 __all__ = ["log", "run_logging", "level_for", "FILE_ONLY"]
 
 FILE_ONLY = {"acme_file_only": True}
+
+
+class _LogFile(logging.FileHandler):
+    """A log file opened without following a symbolic link at its name: anyone who
+    can write the output folder could otherwise make the log append to any file
+    of the user's."""
+
+    def _open(self):
+        try:
+            fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT
+                         | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise OSError(exc.errno, "refusing to write the log through a symbolic "
+                              "link", self.baseFilename) from None
+            raise
+        return open(fd, self.mode, encoding=self.encoding, errors=self.errors)
 
 
 def level_for(verbose: Optional[bool]) -> int:
@@ -48,7 +67,7 @@ def run_logging(verbose: Optional[bool], logfile: Optional[str]) -> Iterator[Non
         handlers.append(console)
     file_level = logging.DEBUG if verbose else logging.INFO
     if logfile:
-        file_handler = logging.FileHandler(logfile, encoding="utf-8")
+        file_handler = _LogFile(logfile, encoding="utf-8")
         file_handler.setFormatter(logging.Formatter(
             "%(asctime)s - ACME - %(levelname)s - %(message)s"))
         file_handler.setLevel(file_level)

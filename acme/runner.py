@@ -34,7 +34,9 @@ def check_output_dir(path: str, resume: bool = False) -> None:
     (with ``resume``, a folder of an earlier acme run is what we want), and a folder
     another run is using now (named with its pid and host)."""
     if os.path.isdir(path) and os.listdir(path):
-        holder = RunState(path).holder()
+        state = RunState(path)
+        starting = os.path.isdir(state.folder) and not state.exists()
+        holder = state.holder(wait=2.0 if starting else 0.0)
         if holder is not None:
             raise OutputDirInUse(
                 f"`output_dir` {path!r} is in use by another acme run ({holder}); wait "
@@ -68,15 +70,23 @@ def _prepare_output(pmap) -> Optional[OutputLayout]:
     check_output_dir(folder, pmap.resume)
     try:
         os.makedirs(folder, exist_ok=True)
-        layout = OutputLayout(folder, file_stem(pmap.func))
-        if not pmap.write_pickle and not pmap.single_file:
-            os.makedirs(layout.payload_dir, exist_ok=True)
-            _real_folder(layout.payload_dir)
     except OSError as exc:
         raise OSError(f"cannot create the output folder {folder!r}: {exc}") from exc
     if not os.access(folder, os.W_OK | os.X_OK):
         raise PermissionError(f"the output folder {folder!r} is not writable")
-    return layout
+    return OutputLayout(folder, file_stem(pmap.func))
+
+
+def _make_payload_dir(pmap, layout: OutputLayout) -> None:
+    """The per-call files' folder, made once the run holds the output folder."""
+    if pmap.write_pickle or pmap.single_file:
+        return
+    try:
+        os.makedirs(layout.payload_dir, exist_ok=True)
+        _real_folder(layout.payload_dir)
+    except OSError as exc:
+        raise OSError(f"cannot create the output folder {layout.output_dir!r}: "
+                      f"{exc}") from exc
 
 
 def _claim(pmap, layout: OutputLayout) -> RunState:
@@ -86,7 +96,11 @@ def _claim(pmap, layout: OutputLayout) -> RunState:
     state = RunState(layout.output_dir, layout.stem)
     if pmap.resume and state.exists():
         _fingerprint_checked(pmap, layout, state)
-    state.claim()
+    try:
+        state.claim()
+    except OSError as exc:  # e.g. a read-only file system
+        raise OSError(f"cannot create the output folder {layout.output_dir!r}: "
+                      f"{exc}") from exc
     if not pmap.resume and state.exists():  # claimed by a run that started with us
         try:
             other = state.read()
@@ -99,6 +113,11 @@ def _claim(pmap, layout: OutputLayout) -> RunState:
             f"`output_dir` {layout.output_dir!r} was taken by another acme run that "
             f"started at the same time ({who}); choose another output_dir (or "
             "resume=True to continue that run once it has ended)")
+    try:
+        _make_payload_dir(pmap, layout)
+    except BaseException:
+        state.release()
+        raise
     return state
 
 

@@ -199,10 +199,12 @@ class _TempWriter:
         self._dfd = open_folder(os.path.dirname(path), base)
         self._tmp = os.path.basename(self.name)
         self._fd: Optional[int] = None
+        self._created = False  # only a file this writer made is ever removed
         self.size = 0
 
     def create(self) -> None:
         self._fd = os.open(self._tmp, _NEW_FILE, 0o666, dir_fd=self._dfd)
+        self._created = True
 
     @property
     def fd(self) -> int:
@@ -240,10 +242,11 @@ class _TempWriter:
             except OSError:
                 pass
             self._fd = None
-        try:
-            os.unlink(self._tmp, dir_fd=self._dfd)
-        except OSError:
-            pass
+        if self._created:
+            try:
+                os.unlink(self._tmp, dir_fd=self._dfd)
+            except OSError:
+                pass
 
     def __enter__(self) -> "_TempWriter":
         return self

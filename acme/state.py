@@ -46,6 +46,7 @@ import os
 import socket
 import stat
 import threading
+import time
 from typing import Optional
 
 from .errors import CallFailure
@@ -162,7 +163,12 @@ class RunState:
                 if exc.errno not in (errno.EACCES, errno.EAGAIN):
                     os.close(fd)
                     raise
-                holder = os.pread(fd, 4096, 0).decode("utf-8", "replace")
+                holder = ""
+                for _ in range(100):  # the holder writes its pid right after locking
+                    holder = os.pread(fd, 4096, 0).decode("utf-8", "replace")
+                    if holder.strip():
+                        break
+                    time.sleep(0.01)
                 os.close(fd)
                 raise OutputDirInUse(
                     f"`output_dir` {self.output_dir!r} is in use by another acme run "
@@ -181,10 +187,21 @@ class RunState:
             self._lock_fd = None
             _CLAIMED.discard(os.path.realpath(self.output_dir))
 
-    def holder(self) -> Optional[str]:
-        """Who holds the folder's lock now (another process), or None."""
+    def holder(self, wait: float = 0.0) -> Optional[str]:
+        """Who holds the folder's lock now (another process), or None. With
+        ``wait``, give a run that is just starting (its ``.acme`` exists, its lock
+        or pid not yet) that many seconds to take it."""
+        deadline = time.monotonic() + wait
+        while True:
+            found = self._holder_now()
+            if found is not None and found[1] or time.monotonic() >= deadline:
+                return None if found is None else _describe_holder(found[0])
+            time.sleep(0.01)
+
+    def _holder_now(self) -> Optional[tuple]:
+        """(holder text, whether it is complete) of a lock held now, or None."""
         if os.path.realpath(self.output_dir) in _CLAIMED:
-            return f"pid {os.getpid()} on host {socket.gethostname()} (this process)"
+            return _holder_text(), True
         try:
             fd = os.open(self.lock_file, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
@@ -193,7 +210,8 @@ class RunState:
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                return _describe_holder(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
+                text = os.pread(fd, 4096, 0).decode("utf-8", "replace")
+                return text, bool(text.strip())
             return None
         finally:
             os.close(fd)  # releases the probe's lock, if it got one
@@ -281,10 +299,16 @@ class RunState:
     def journal(self) -> dict[int, tuple[str, Optional[int]]]:
         """The journal as ``index -> (relative path, size or None)``, last line wins."""
         try:
-            with open(self.done_file, "rb") as fh:
-                text = fh.read().decode("utf-8", "replace")
+            fd = os.open(self.done_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             return {}
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise StateError(f"the journal {self.done_file} is a symbolic link "
+                                 "(acme never writes one): refused") from None
+            raise
+        with open(fd, "rb") as fh:
+            text = fh.read().decode("utf-8", "replace")
         lines = text.split("\n")
         if lines and lines[-1] != "":
             lines[-1] = ""  # torn last line: the scheduler was killed while appending
