@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from conftest import require
-from fault_helpers import (SCRIPTS_DIR, Proc, check_outcome, check_truthful, child_env,
+from fault_helpers import (SCRIPTS_DIR, Proc, check_outcome, check_truthful,
                            descendants, group_members, kill_pids, logged_calls, pid_alive,
                            record, reference, scaled, wait_for, wait_gone)
 

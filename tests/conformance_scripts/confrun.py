@@ -13,7 +13,6 @@ came out as plain data (an "outcome"), so the test can check it wherever it ran.
 """
 from __future__ import annotations
 
-import os
 import traceback
 
 import numpy as np
