@@ -29,6 +29,7 @@ variables) cannot be seen by any fingerprint.
 from __future__ import annotations
 
 import copyreg
+import dis
 import functools
 import hashlib
 import logging
@@ -257,9 +258,9 @@ class _Digest:
 
     def _globals(self, func: types.FunctionType, qualname: str) -> None:
         """The module-level values the function's code (and nested code) names."""
-        names = _code_names(func.__code__)
+        global_names, names = _code_names(func.__code__)
         scope = func.__globals__
-        for name in sorted(names):
+        for name in sorted(global_names):
             if name in scope:
                 self.token("global", name.encode())
                 self._within(f"the global {name!r} read by {qualname}", scope[name], names)
@@ -327,12 +328,23 @@ class _Digest:
         self.value(dict(dict_items) if dict_items is not None else None)
 
 
-def _code_names(code: types.CodeType) -> frozenset:
-    names = set(code.co_names)
+_GLOBAL_OPS = frozenset({"LOAD_GLOBAL", "LOAD_NAME", "STORE_GLOBAL", "DELETE_GLOBAL"})
+
+
+@functools.lru_cache(maxsize=4096)
+def _code_names(code: types.CodeType) -> tuple[frozenset, frozenset]:
+    """The global names ``code`` (and the code nested in it) loads, and every name
+    it uses (attribute names too: ``helpers.scale`` reads ``scale`` of a module)."""
+    globals_, names = set(), set(code.co_names)
+    for instruction in dis.get_instructions(code):
+        if instruction.opname in _GLOBAL_OPS and isinstance(instruction.argval, str):
+            globals_.add(instruction.argval)
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
-            names |= _code_names(const)
-    return frozenset(names)
+            more_globals, more_names = _code_names(const)
+            globals_ |= more_globals
+            names |= more_names
+    return frozenset(globals_), frozenset(names)
 
 
 def digest(value: Any) -> str:
