@@ -325,7 +325,8 @@ class _Digest:
         self.value(args)
         self.value(state)
         self.value(list(items) if items is not None else None)
-        self.value(dict(dict_items) if dict_items is not None else None)
+        # in the order pickle sends them (an OrderedDict's order is part of its value)
+        self.value(list(dict_items) if dict_items is not None else None)
 
 
 _GLOBAL_OPS = frozenset({"LOAD_GLOBAL", "LOAD_NAME", "STORE_GLOBAL", "DELETE_GLOBAL"})
