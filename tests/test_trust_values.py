@@ -463,3 +463,25 @@ def test_a_value_result_dtype_cannot_hold_fails_its_call_under_mpi(tmp_path):
         assert found["failed"] == [2], (out, found)
         assert "1000" in found["message"] and "int8" in found["message"], found
         assert found["others"] == [[i, i] for i in (0, 1, 3, 4)], found
+
+
+def bool_row(x):
+    return np.array([True, False, x == 1])
+
+
+@pytest.mark.parametrize("single_file", [False, True])
+def test_stacked_bools_stay_bools(tmp_path, single_file):
+    """result_dtype=bool: the stacked dataset (virtual, or written as raw rows into a
+    dataset made up front) is an HDF5 enum that reads back as bool."""
+    out = tmp_path / "out"
+    with ParallelMap(bool_row, [0, 1], output_dir=str(out), result_shape=(None, 3),
+                     result_dtype=bool, single_file=single_file, backend="local",
+                     n_workers=2, verbose=False) as pmap:
+        pmap.compute()
+        container = pmap.results_container
+    want = [[True, False, False], [True, False, True]]
+    with h5py.File(container, "r") as h5f:
+        assert h5f["result_0"].dtype == np.bool_
+        assert h5f["result_0"][()].tolist() == want
+    stacked = acme.load_stacked(str(out))
+    assert stacked.dtype == np.bool_ and stacked.tolist() == want
