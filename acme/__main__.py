@@ -123,7 +123,7 @@ def _print_status(status: dict) -> None:
                                           if missing else ""))
     for index in sorted(failed):
         record = failed[index]
-        first = (str(record.get("message", "")).splitlines() or [""])[0]
+        first = str(record.get("message", "")).split("\n")[0]  # \r etc. escaped
         rank = f", rank {_field(record, 'rank')}" if record.get("rank") is not None else ""
         print(f"  call {index}: {_field(record, 'type')}: {printable(first)}  "
               f"[{_field(record, 'host')}, pid {_field(record, 'pid')}{rank}]")

@@ -174,10 +174,6 @@ def _recorded_file(run: _Run, index: int) -> str:
         problem = f"the journal names {path}, which is not where this run writes it"
     elif path == run.layout.container:
         problem = run.single_file_problem()
-    elif path == run.layout.part(index):
-        problem = (f"it finished, but its values are in {path} and were not merged "
-                   f"into {run.layout.container} (the run was stopped); resume=True "
-                   "merges them")
     else:
         try:
             st = os.lstat(path)
@@ -213,7 +209,7 @@ def _read_values(path: str, index: int, where: str = "/") -> list:
         with h5py.File(path, "r") as h5f:
             group = h5f[where]
             values = [group[k][()] for k in _result_keys(group)]
-    except (OSError, KeyError, ValueError) as exc:
+    except (OSError, KeyError, ValueError, RuntimeError) as exc:
         raise MissingResultError(f"the result file of call {index} ({path}) is missing "
                                  f"or damaged: {exc}", [index]) from None
     if not values:
@@ -222,26 +218,48 @@ def _read_values(path: str, index: int, where: str = "/") -> list:
     return values
 
 
-def _single_file_values(run: _Run, index: int) -> list:
-    """Call ``index``'s values in a single file: its row of ``result_0`` (with
-    result_shape), then ``comp_{index}/result_k``."""
+def _read_named(path: str, index: int) -> dict:
+    """``{"result_k": value}`` of a call's part file."""
     import h5py
+    try:
+        with h5py.File(path, "r") as h5f:
+            return {k: h5f[k][()] for k in _result_keys(h5f)}
+    except (OSError, KeyError, ValueError, RuntimeError) as exc:
+        raise MissingResultError(f"the result file of call {index} ({path}) is missing "
+                                 f"or damaged: {exc}", [index]) from None
+
+
+def _single_file_values(run: _Run, index: int, part: Optional[str]) -> list:
+    """Call ``index``'s values in a single-file run: its row of ``result_0`` (with
+    result_shape), then ``comp_{index}/result_k``; or, for a call whose values were
+    not merged yet (the run was stopped), what its part file holds (result_0 is
+    then the row in ``f.h5`` when the worker wrote it there)."""
+    import h5py
+    named = _read_named(part, index) if part else {}
     path = run.layout.container
     values = []
     try:
-        with h5py.File(path, "r") as h5f:
-            if run.spec is not None:
-                dset = h5f["result_0"]
-                sel = [slice(None)] * dset.ndim
-                sel[run.spec.stack_axis] = index
-                values.append(dset[tuple(sel)])
-            group = h5f.get(f"comp_{index}")
-            if group is not None:
-                values.extend(group[k][()] for k in _result_keys(group))
-    except (OSError, KeyError, ValueError) as exc:
+        if run.spec is not None and "result_0" not in named or not part:
+            problem = run.single_file_problem()
+            if problem:
+                raise MissingResultError(f"call {index} has no usable result: {problem}",
+                                         [index])
+            with h5py.File(path, "r") as h5f:
+                if run.spec is not None and "result_0" not in named:
+                    values.append(_row(h5f["result_0"], run.spec.stack_axis, index))
+                group = h5f.get(f"comp_{index}") if not part else None
+                if group is not None:
+                    values.extend(group[k][()] for k in _result_keys(group))
+    except (OSError, KeyError, ValueError, RuntimeError) as exc:
         raise MissingResultError(f"the result of call {index} cannot be read from "
                                  f"{path}: {exc}", [index]) from None
-    return values
+    return values + [named[k] for k in _result_keys(named)]
+
+
+def _row(dset, axis: int, index: int) -> np.ndarray:
+    sel = [slice(None)] * dset.ndim
+    sel[axis] = index
+    return dset[tuple(sel)]
 
 
 def _check_index(index: Any, n_calls: Optional[int]) -> int:
@@ -268,8 +286,9 @@ def _load_call_acme(run: _Run, index: int) -> Any:
     path = _recorded_file(run, _check_index(index, run.n_calls))
     if path.endswith(".pickle"):
         return _read_pickle(path, index)
-    if path == run.layout.container:
-        return _single_file_values(run, index)
+    if run.mode == "single_file":
+        return _single_file_values(run, index, None if path == run.layout.container
+                                   else path)
     return _read_values(path, index)
 
 
@@ -436,7 +455,7 @@ class _VirtualSources:
         try:
             with h5py.File(source, "r") as src:
                 return source, src[name][()]
-        except (OSError, KeyError) as exc:
+        except (OSError, KeyError, ValueError, RuntimeError) as exc:
             raise MissingResultError(f"the result file of call {k} ({source}) is missing "
                                      f"or unreadable: {exc}", [k]) from None
 
@@ -496,16 +515,34 @@ def _place(spec: ResultSpec, out: np.ndarray, index: int, data: np.ndarray) -> N
     out[tuple(sel)] = data.reshape(shape)
 
 
-def _payload_result_0(path: str, index: int, spec: ResultSpec, data: bool):
-    """Shape (``data=False``) or value of a payload's result_0, checked against
+def _result_0_of(run: _Run, index: int, path: str, data: bool):
+    """Shape (``data=False``) or value of call ``index``'s result_0, read from the
+    file the journal names (for a single-file row: the container), checked against
     ``result_shape``/``result_dtype``."""
     import h5py
+    spec = run.spec
+    in_container = path == run.layout.container
     try:
         with h5py.File(path, "r") as h5f:
-            dset = h5f["result_0"]
-            shape, dtype = dset.shape, dset.dtype
-            value = dset[()] if data else None
-    except (OSError, KeyError, ValueError) as exc:
+            if not in_container and "result_0" not in h5f and run.mode == "single_file":
+                in_container = True  # a part file: the worker wrote the row into f.h5
+            if in_container:
+                problem = run.single_file_problem()
+                if problem:
+                    raise MissingResultError(f"call {index} has no usable result: "
+                                             f"{problem}", [index])
+                h5f.close()
+                h5f = h5py.File(run.layout.container, "r")
+                dset = h5f["result_0"]
+                shape = tuple(n for k, n in enumerate(dset.shape) if k != spec.stack_axis)
+                value = _row(dset, spec.stack_axis, index) if data else None
+            else:
+                dset = h5f["result_0"]
+                shape = dset.shape
+                value = dset[()] if data else None
+            dtype = dset.dtype
+            h5f.close()
+    except (OSError, KeyError, ValueError, RuntimeError) as exc:
         raise MissingResultError(f"the result file of call {index} ({path}) is missing "
                                  f"or damaged: {exc}", [index]) from None
     scalar = spec.call_shape == () and shape == (1,)
@@ -521,8 +558,7 @@ def _stacked_acme(run: _Run) -> np.ndarray:
     """load_stacked for an acme run: the journaled calls only, each file read once
     (twice for an np.inf axis, whose length is the longest call's)."""
     import h5py
-    spec, problems = run.spec, {}
-    paths = {}
+    spec, problems, paths = run.spec, {}, {}
     for i in range(run.n_calls):
         try:
             paths[i] = _recorded_file(run, i)
@@ -533,8 +569,8 @@ def _stacked_acme(run: _Run) -> np.ndarray:
             problems[i] = (f"call {i}'s values were pickled ({paths[i]}): read them "
                            "with load_call")
     _raise_missing(run, problems)
-    if run.mode == "single_file":
-        with h5py.File(run.layout.container, "r") as h5f:
+    if run.mode == "single_file" and set(paths.values()) <= {run.layout.container}:
+        with h5py.File(run.layout.container, "r") as h5f:  # every row merged: read all
             dset = h5f["result_0"]
             if dset.ndim != len(spec.shape) or dset.shape[spec.stack_axis] != run.n_calls:
                 raise MissingResultError(f"{run.layout.container} holds result_0 of shape "
@@ -547,7 +583,7 @@ def _stacked_acme(run: _Run) -> np.ndarray:
         shapes = {}
         for i, path in paths.items():
             try:
-                shapes[i] = _payload_result_0(path, i, spec, data=False)
+                shapes[i] = _result_0_of(run, i, path, data=False)
             except MissingResultError as exc:
                 problems[i] = str(exc)
         _raise_missing(run, problems)
@@ -556,7 +592,7 @@ def _stacked_acme(run: _Run) -> np.ndarray:
     out = _fill(spec, spec.full_shape(run.n_calls, inf_length))
     for i, path in paths.items():
         try:
-            _place(spec, out, i, _payload_result_0(path, i, spec, data=True))
+            _place(spec, out, i, _result_0_of(run, i, path, data=True))
         except MissingResultError as exc:
             problems[i] = str(exc)
     _raise_missing(run, problems)
