@@ -194,11 +194,24 @@ def _fill(fd: int, offset: int, size: int, spec: ResultSpec, path: str) -> None:
             view, offset = view[written:], offset + written
 
 
-def _h5_on(writer: _TempWriter, mode: str):
-    """h5py on the temporary file's own descriptor: no path lookup that a link
-    swapped in could redirect."""
+def _h5_reserved(out: _TempWriter, reserve: int):
+    """h5py on the temporary file's own descriptor (no path lookup that a link
+    swapped in could redirect), with ``reserve`` bytes of disk space reserved past
+    its end first: a full disk is then a clean ENOSPC here, before HDF5 writes
+    anything. (HDF 1.10.8 meeting ENOSPC itself can crash the process later.) At
+    close HDF5 cuts the file back to its data."""
     import h5py
-    return h5py.File(os.fdopen(os.dup(writer.fd), "r+b"), mode)
+    os.posix_fallocate(out.fd, os.fstat(out.fd).st_size, max(reserve, 1))
+    return h5py.File(os.fdopen(os.dup(out.fd), "r+b"), "a")
+
+
+def _attrs_image(n_calls: int, name: str) -> bytes:
+    """A new single file holding only its attributes, built in memory."""
+    import h5py
+    with h5py.File(name, "w", driver="core", backing_store=False) as h5f:
+        h5f.attrs[ATTR_CALLS] = n_calls
+        h5f.flush()
+        return h5f.id.get_file_image()
 
 
 def _existing_offset(layout: OutputLayout, spec: Optional[ResultSpec]) -> Optional[int]:
@@ -227,12 +240,14 @@ def create_single_file(layout: OutputLayout, n_calls: int,
         return _existing_offset(layout, spec)
     offset = None
     with _TempWriter(layout.container, sync=True) as out:
-        with _h5_on(out, "w") as h5f:
-            h5f.attrs[ATTR_CALLS] = n_calls
-            if spec is not None and not spec.has_inf:
+        out.write(_attrs_image(n_calls, out.name))
+        if spec is not None and not spec.has_inf:
+            need = int(np.prod(spec.full_shape(n_calls), dtype=np.int64)) * \
+                spec.dtype.itemsize
+            with _h5_reserved(out, need + (1 << 20)) as h5f:
                 offset, size = _make_result_0(h5f, n_calls, spec)
-        if offset is not None:
-            _fill(out.fd, offset, size, spec, layout.container)
+            if offset is not None:
+                _fill(out.fd, offset, size, spec, layout.container)
     return offset
 
 
@@ -303,10 +318,13 @@ def finish_single_file(layout: OutputLayout, n_calls: int, spec: Optional[Result
         if unchanged:  # nothing to merge, nothing new to say: keep the file as it is
             shutil.rmtree(layout.parts_dir, ignore_errors=True)
             return layout.container
+    extra = sum(os.path.getsize(p) for p in parts.values())
     with _TempWriter(layout.container, sync=True) as out:
         out.create()
         _copy_file(layout.container, out)
-        with _h5_on(out, "a") as h5f:
+        # room for the parts' data (twice, for a result_0 made here) and metadata
+        reserve = 2 * extra + 8192 * (len(parts) + 1) + 16 * n_calls + (1 << 20)
+        with _h5_reserved(out, reserve) as h5f:
             _merge_parts(h5f, layout, n_calls, spec, stored, raw_rows, h5_calls, parts)
     if record is not None and parts:
         record(sorted(parts))

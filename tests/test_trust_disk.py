@@ -32,7 +32,8 @@ import pytest
 
 import acme
 from acme import ParallelMap
-from acme.state import RunState, StateError, verify_results
+import acme.state as acme_state
+from acme.state import RunState, StateError
 from acme.layout import OutputLayout
 from conftest import require
 
@@ -119,7 +120,7 @@ def status(out: Path, opts: dict, n: int) -> tuple:
     if opts.get("result_shape"):
         from acme.result_spec import ResultSpec
         spec = ResultSpec(tuple(opts["result_shape"]), "float")
-    return verify_results(state, OutputLayout(str(out), "work"), mode_name(opts), n, spec)
+    return acme_state.verify_results(state, OutputLayout(str(out), "work"), mode_name(opts), n, spec)
 
 
 class Proc:
@@ -386,7 +387,7 @@ def test_a_truncated_or_empty_result_file_is_not_done_and_is_recomputed(tmp_path
     if opts.get("result_shape"):
         from acme.result_spec import ResultSpec
         spec = ResultSpec(opts["result_shape"], "float")
-    done, damaged = verify_results(state, OutputLayout(str(out), "work"),
+    done, damaged = acme_state.verify_results(state, OutputLayout(str(out), "work"),
                                    mode_name(opts), 8, spec)
     assert sorted(damaged) == [3, 5], damaged
     assert "truncated" in damaged[3] and str(three) in damaged[3], damaged[3]
@@ -411,7 +412,7 @@ def test_a_damaged_single_file_is_set_aside_and_its_calls_recomputed(tmp_path):
     container = out / "work.h5"
     with open(container, "r+b") as fh:
         fh.truncate(600)
-    done, damaged = verify_results(RunState(str(out), "work"),
+    done, damaged = acme_state.verify_results(RunState(str(out), "work"),
                                    OutputLayout(str(out), "work"), "single_file", 8)
     assert not done and sorted(damaged) == list(range(8)), damaged
     pmap = run_here(out, resume=True, single_file=True, result_shape=(None, 4))
