@@ -363,6 +363,34 @@ def digest(value: Any) -> str:
     return d.h.hexdigest()[:32]
 
 
+def function_parts(func: Any) -> dict:
+    """Digests of the parts of ``func`` that a resume message can name (its code,
+    defaults, each closure variable and global it reads); the whole digest decides,
+    these only say what changed."""
+    if isinstance(func, types.MethodType):
+        return dict(function_parts(func.__func__),
+                    **{"the object the method is bound to": digest(func.__self__)})
+    if isinstance(func, functools.partial):
+        return dict(function_parts(func.func),
+                    **{"what the partial binds": digest((func.args, func.keywords))})
+    if not isinstance(func, types.FunctionType) or _module_is_library(func.__module__ or ""):
+        return {f"the callable {type(func).__qualname__} object": digest(func)}
+    qualname = func.__qualname__
+    parts = {f"the code of {qualname}": digest(func.__code__),
+             f"the defaults of {qualname}": digest((func.__defaults__, func.__kwdefaults__)),
+             f"the attributes of {qualname}": digest(dict(func.__dict__))}
+    for name, cell in zip(func.__code__.co_freevars, func.__closure__ or ()):
+        try:
+            parts[f"the closure variable {name!r} of {qualname}"] = digest(cell.cell_contents)
+        except ValueError:  # a cell not filled yet
+            parts[f"the closure variable {name!r} of {qualname}"] = "empty"
+    global_names, _ = _code_names(func.__code__)
+    for name in sorted(global_names):
+        if name in func.__globals__:
+            parts[f"the global {name!r} read by {qualname}"] = digest(func.__globals__[name])
+    return parts
+
+
 def fingerprint(plan: CallPlan, settings: dict) -> dict:
     """What identifies a run: the function, the calls, and how results are stored."""
     func = plan.func
@@ -372,6 +400,7 @@ def fingerprint(plan: CallPlan, settings: dict) -> dict:
         "python": "%d.%d" % sys.version_info[:2],
         "function": f"{getattr(func, '__module__', None) or '?'}.{name}",
         "function_digest": digest(func),
+        "function_parts": function_parts(func),
         "n_calls": plan.n_inputs,
         "positional": [digest(a.value) for a in plan.positional],
         "keywords": {k: digest(a.value) for k, a in sorted(plan.keywords.items())},
@@ -388,6 +417,17 @@ def _differs(what: str, old: Any, new: Any) -> list[str]:
     return [f"{what} has changed"] if old != new else []
 
 
+def _parts_that_differ(old: dict, new: dict) -> list[str]:
+    """Which named parts of the function differ (see :func:`function_parts`)."""
+    found = []
+    for key in sorted(set(old) | set(new)):
+        if key not in old or key not in new:
+            found.append(f"{key} was {'added' if key in new else 'removed'}")
+        else:
+            found += _differs(key, old[key], new[key])
+    return found
+
+
 def describe_difference(old: dict, new: dict) -> list[str]:
     """Human-readable reasons why the run recorded as ``old`` cannot be continued
     as ``new`` (empty when they are the same)."""
@@ -401,9 +441,11 @@ def describe_difference(old: dict, new: dict) -> list[str]:
     if old.get("function") != new.get("function"):
         diffs.append(f"the function was {old.get('function')}, now {new.get('function')}")
     else:
-        diffs += _differs(f"the function {new.get('function')} (its code, defaults, "
-                          "closure or the globals it reads)",
-                          old.get("function_digest"), new.get("function_digest"))
+        found = _differs(f"the function {new.get('function')}",
+                         old.get("function_digest"), new.get("function_digest"))
+        if found:  # name the parts that changed where the records say
+            diffs += _parts_that_differ(old.get("function_parts", {}),
+                                        new.get("function_parts", {})) or found
     if old.get("n_calls") != new.get("n_calls"):
         diffs.append(f"the number of calls was {old.get('n_calls')}, now {new.get('n_calls')}")
     old_pos, new_pos = old.get("positional", []), new.get("positional", [])

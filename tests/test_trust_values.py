@@ -105,12 +105,12 @@ RESUME_SCRIPT = textwrap.dedent('''
 
 #: what differs in version "b", and words the refusal must use for it
 CHANGES = {
-    "lambda": "the function",
-    "closure": "the function",
-    "global": "the function",
-    "partial": "the function",
-    "callable": "the function",
-    "method": "the function",
+    "lambda": "the code of <lambda> has changed",
+    "closure": "the closure variable 'k' of make.<locals>.closure has changed",
+    "global": "the global 'SCALE' read by base has changed",
+    "partial": "what the partial binds has changed",
+    "callable": "the callable Adder object has changed",
+    "method": "the object the method is bound to has changed",
     "set": "positional argument 1 has changed",
     "set-in-object": "positional argument 1 has changed",
     "masked": "positional argument 1 has changed",
