@@ -32,7 +32,6 @@ import copyreg
 import dis
 import functools
 import hashlib
-import logging
 import struct
 import sys
 import sysconfig

@@ -190,6 +190,31 @@ def _check_arguments(func: Callable, sig: Optional[inspect.Signature],
             f"ParallelMap was given {given}: {exc}") from None
 
 
+def _number_of_calls(n_inputs: Union[int, str], candidates: list, name: str) -> int:
+    """``n_inputs``, checked against the lengths of the splittable arguments, or
+    inferred from them ("auto")."""
+    if n_inputs != "auto":
+        n_calls = int(n_inputs)
+        if candidates and n_calls not in candidates and set(candidates) != {1}:
+            raise ValueError(
+                f"`n_inputs` is {n_calls}, but no argument of {name} has {n_calls} "
+                f"elements (list/tuple/array lengths found: {sorted(set(candidates))}). "
+                "Set `n_inputs` to one of these lengths, or leave it 'auto'.")
+        return n_calls
+    found = sorted(set(candidates))
+    if not found:
+        raise ValueError(
+            f"ParallelMap could not infer how often to call {name}: no argument is "
+            "a list, tuple or 1-D array to split into one element per call. "
+            "Pass the values as a list, or set `n_inputs` explicitly.")
+    if len(found) > 1:
+        raise ValueError(
+            f"ParallelMap could not infer how often to call {name}: found "
+            f"{len(candidates)} list/tuple/array arguments with different lengths "
+            f"{found}. Set `n_inputs` to the number of calls you want.")
+    return found[0]
+
+
 def prepare_input(func: Callable, n_inputs: Union[int, str], *args: Any,
                   **kwargs: Any) -> CallPlan:
     """Work out how many calls to make and what each call receives.
@@ -239,27 +264,7 @@ def prepare_input(func: Callable, n_inputs: Union[int, str], *args: Any,
         candidates = [n for n in pos_lengths if n is not None]
         candidates += [n for n in kw_lengths.values() if n is not None]
 
-    if n_inputs == "auto":
-        found = sorted(set(candidates))
-        if not found:
-            raise ValueError(
-                f"ParallelMap could not infer how often to call {name}: no argument is "
-                "a list, tuple or 1-D array to split into one element per call. "
-                "Pass the values as a list, or set `n_inputs` explicitly.")
-        if len(found) > 1:
-            raise ValueError(
-                f"ParallelMap could not infer how often to call {name}: found "
-                f"{len(candidates)} list/tuple/array arguments with different lengths "
-                f"{found}. Set `n_inputs` to the number of calls you want.")
-        n_calls = found[0]
-    else:
-        n_calls = int(n_inputs)
-        if candidates and n_calls not in candidates and set(candidates) != {1}:
-            raise ValueError(
-                f"`n_inputs` is {n_calls}, but no argument of {name} has {n_calls} "
-                f"elements (list/tuple/array lengths found: {sorted(set(candidates))}). "
-                "Set `n_inputs` to one of these lengths, or leave it 'auto'.")
-
+    n_calls = _number_of_calls(n_inputs, candidates, name)
     if n_calls == 0:
         raise ValueError(
             f"ParallelMap got empty inputs for {name}: there are 0 calls to make. "

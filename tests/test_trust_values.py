@@ -13,7 +13,6 @@ import json
 import os
 import re
 import textwrap
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -154,7 +153,8 @@ def _check_resumed(tmp_path, out, variant, ran_before):
     assert stats == {"ran": N // 2, "resumed": N // 2}, str(again)
     assert _markers(tmp_path) == sorted(ran_before + [1, 3, 5]), "resume re-ran done calls"
     extra = {"lambda": 1.0, "closure": 1.0, "global": 0.0, "partial": 1.0,
-             "callable": 3.0 + 1.0, "method": 1.0, "set": 5.0, "set-in-object": 5.0, "masked": 5.0}[variant]
+             "callable": 3.0 + 1.0, "method": 1.0, "set": 5.0, "set-in-object": 5.0,
+             "masked": 5.0}[variant]
     for i in range(N):
         np.testing.assert_array_equal(acme.load_call(str(out), i)[0], [i * 2.0 + extra, i])
 
