@@ -209,7 +209,10 @@ def check_truthful(desc: dict, mode: str, output_dir: str, ref: list,
         elif ref[int(i)][0] == "ok" and kind in allowed_failures:
             problems.append(f"call {i} returns a value but is recorded failed: {record!r}")
     seen = [ref[i] if i in done else None for i in range(n)]
-    problems += check_readers(desc, mode, output_dir, seen)
+    problems += [f"acme status lists it done, but {p}" for p in
+                 check_readers(desc, mode, output_dir, seen, calls=done, stacked=False)]
+    problems += check_readers(desc, mode, output_dir, seen,
+                              calls=[i for i in range(n) if i not in done])
     return problems, done
 
 

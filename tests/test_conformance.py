@@ -51,8 +51,11 @@ SHAPES = st.lists(st.integers(0, 3) if THOROUGH else st.integers(1, 3),
                   min_size=1, max_size=2).map(tuple)
 LEAF_ARRAYS = st.tuples(st.just("array"), st.sampled_from(DTYPES), SHAPES)
 LEAVES = LEAF_SCALARS | LEAF_ARRAYS
+RAGGED = st.tuples(st.just("ragged"), st.sampled_from(["float64", "float32"]),
+                   st.integers(1, 4))  # result_shape (None, np.inf) on disk
 RETURNS = st.one_of(
-    LEAVES,
+    LEAVES, RAGGED,
+    st.tuples(RAGGED, LEAVES).map(lambda items: ("tuple", items)),
     st.lists(LEAVES, min_size=1, max_size=3).map(lambda items: ("tuple", tuple(items))),
     st.just(("dict",)), st.just(("none",)))
 

@@ -138,13 +138,29 @@ def array_difference(got: np.ndarray, want: np.ndarray, where: str) -> Optional[
     return None
 
 
-def expected_stacked(desc: dict, values: list) -> np.ndarray:
-    """The documented stacked first return values (result_shape, result_dtype)."""
+def expected_stacked(desc: dict, values: list, length: Optional[int] = None) -> np.ndarray:
+    """The documented stacked first return values (result_shape, result_dtype); an
+    np.inf axis has the longest value's length (or ``length``), shorter values padded
+    with NaN (floats) or 0."""
     shape = result_shape_of(desc)
     dtype = np.dtype(result_dtype_of(desc))
     axis = shape.index(None)
     firsts = [np.asarray(v[0] if isinstance(v, tuple) else v).astype(dtype) for v in values]
+    if np.inf in shape:
+        longest = length if length is not None else max(len(f) for f in firsts)
+        fill = np.nan if dtype.kind in "fc" else 0
+        firsts = [np.concatenate([f, np.full(longest - len(f), fill, dtype=dtype)])
+                  for f in firsts]
     return np.moveaxis(np.stack(firsts), 0, axis)
+
+
+def inf_length(desc: dict, ref: list) -> Optional[int]:
+    """The length of an np.inf axis: the longest first value of the calls with a result."""
+    if np.inf not in result_shape_of(desc):
+        return None
+    lengths = [len(np.asarray(r[1][0] if isinstance(r[1], tuple) else r[1]))
+               for r in ref if r is not None and r[0] == "ok"]
+    return max(lengths, default=0)
 
 
 def expected_in_memory_shape(desc: dict, values: list) -> Any:
@@ -366,7 +382,8 @@ def _check_stacked_dataset(desc, h5f, ref, single, dtype) -> list[str]:
     ok = [i for i, r in enumerate(ref) if r[0] == "ok"]
     shape = result_shape_of(desc)
     axis = shape.index(None)
-    full = tuple(len(ref) if e is None else e for e in shape)
+    longest = inf_length(desc, ref)
+    full = tuple(len(ref) if e is None else (longest if e == np.inf else e) for e in shape)
     if dset.shape != full or dset.dtype != dtype:
         return [f"result_0 has shape {dset.shape} dtype {dset.dtype}, expected {full} {dtype}"]
     data = np.moveaxis(dset[()], axis, 0)
@@ -380,9 +397,9 @@ def _check_stacked_dataset(desc, h5f, ref, single, dtype) -> list[str]:
 
 
 def check_readers(desc: dict, mode: str, output_dir: str, ref: list,
-                  calls: Optional[list] = None) -> list[str]:
-    """``acme.load_call`` for ``calls`` (default: every call) and, with result_shape,
-    ``acme.load_stacked``: the reference values, or MissingResultError for a call
+                  calls: Optional[list] = None, stacked: bool = True) -> list[str]:
+    """``acme.load_call`` for ``calls`` (default: every call) and, with result_shape
+    (and ``stacked``), ``acme.load_stacked``: the reference values, or MissingResultError for a call
     without a result -- never anything else."""
     import acme
     problems = []
@@ -411,16 +428,17 @@ def check_readers(desc: dict, mode: str, output_dir: str, ref: list,
         else:
             want = stored_arrays(value)
             if shaped:
-                first = expected_stacked(desc, [value]).squeeze(
-                    axis=result_shape_of(desc).index(None))
-                want[0] = first if mode.startswith("single") else stored_arrays(first)[0]
+                single = mode.startswith("single")  # a row of the stacked dataset
+                first = expected_stacked(desc, [value], inf_length(desc, ref) if single
+                                         else None).squeeze(axis=result_shape_of(desc).index(None))
+                want[0] = first if single else stored_arrays(first)[0]
         if shaped and mode.startswith("single") and isinstance(got, list) and got:
             # the row of the stacked dataset: h5py gives a numpy scalar for a 0-d row
             got = [np.asarray(got[0])] + got[1:]
         found = difference(got, want, f"load_call({i})")
         if found:
             problems.append(found)
-    if shaped:
+    if shaped and stacked:
         problems += _check_load_stacked(desc, output_dir, ref)
     return problems
 

@@ -66,6 +66,8 @@ def make_value(rng, ret):
         return make_array(rng, ret[1], ())[()]
     if kind == "array":
         return make_array(rng, ret[1], tuple(ret[2]))
+    if kind == "ragged":  # a 1-D array of 1..ret[2] elements (result_shape with np.inf)
+        return make_array(rng, ret[1], (int(rng.integers(1, ret[2] + 1)),))
     if kind == "tuple":
         return tuple(make_value(rng, sub) for sub in ret[1])
     if kind == "dict":

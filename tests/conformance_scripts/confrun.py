@@ -58,6 +58,8 @@ def first_value_shape(ret):
         return (), ret[1]
     if ret[0] == "array":
         return tuple(ret[2]), ret[1]
+    if ret[0] == "ragged":
+        return (np.inf,), ret[1]
     return None
 
 
@@ -85,7 +87,10 @@ def mode_options(desc, mode: str) -> dict:
 
 
 def applicable(desc, mode: str) -> bool:
-    return not mode.endswith("_shape") or result_shape_of(desc) is not None
+    shape = result_shape_of(desc)
+    if mode == "memory_shape" and shape is not None and np.inf in shape:
+        return False  # np.inf axes exist on disk only
+    return not mode.endswith("_shape") or shape is not None
 
 
 def run_map(desc, mode: str, backend, output_dir=None, **extra) -> dict:
