@@ -48,24 +48,28 @@ def _as_values(value: Any) -> list:
     return list(value) if isinstance(value, tuple) else [value]
 
 
-#: numpy dtype kinds, grouped as values that np.asarray may mix without changing them
-_KIND_GROUPS = {"b": "b", "i": "n", "u": "n", "f": "n", "c": "n", "U": "U", "S": "S"}
+#: numpy dtype kinds, grouped as leaves that np.asarray may mix without changing them:
+#: bool, integer, floating (and complex), str, bytes
+_KIND_GROUPS = {"b": "b", "i": "i", "u": "i", "f": "f", "c": "f", "U": "U", "S": "S"}
 
 
 def _leaf_kind(value: Any) -> Optional[str]:
-    """What a leaf of a returned value is ("b" bool, "n" number, "U" str, "S" bytes),
-    or None when np.asarray would change it silently (a masked array loses its mask,
-    a pandas object its labels, an ndarray subclass its attributes) or cannot hold it."""
+    """What a leaf of a returned value is (see ``_KIND_GROUPS``), or None when
+    np.asarray would change it silently (a masked array loses its mask, a pandas
+    object its labels, an ndarray subclass its attributes, fixed-size bytes their
+    trailing NULs) or cannot hold it."""
     if type(value) in (np.ndarray, np.memmap):
         return _KIND_GROUPS.get(value.dtype.kind, "O" if value.dtype.kind == "O" else None)
     if isinstance(value, (bool, np.bool_)):
         return "b"
-    if isinstance(value, (int, float, complex, np.number)):
-        return "n"
+    if isinstance(value, (int, np.integer)):
+        return "i"
+    if isinstance(value, (float, complex, np.inexact)):
+        return "f"
     if isinstance(value, (str, np.str_)):
         return "U"
     if isinstance(value, (bytes, np.bytes_)):
-        return "S"
+        return None if value.endswith(b"\0") else "S"
     return None
 
 
@@ -73,8 +77,11 @@ def _leaf_kinds(value: Any, found: set) -> bool:
     """Collect the leaf kinds of nested lists/tuples in ``found``; False when one
     leaf would not survive np.asarray unchanged."""
     if type(value) in (list, tuple):
-        if all(type(v) is float for v in value) or all(type(v) is int for v in value):
-            found.add("n")  # the common case, fast
+        if all(type(v) is float for v in value):
+            found.add("f")  # the common cases, fast
+            return True
+        if all(type(v) is int for v in value):
+            found.add("i")
             return True
         return all(_leaf_kinds(v, found) for v in value)
     kind = _leaf_kind(value)
@@ -82,6 +89,19 @@ def _leaf_kinds(value: Any, found: set) -> bool:
         return False
     found.add(kind)
     return True
+
+
+def _integers_exact(value: Any, dtype: np.dtype) -> bool:
+    """Whether every integer in ``value`` (nested lists of numbers and arrays) keeps
+    its exact value as ``dtype`` (a list mixing ints and floats becomes floats)."""
+    if type(value) in (list, tuple):
+        return all(_integers_exact(v, dtype) for v in value)
+    if isinstance(value, (bool, np.bool_)) or _leaf_kind(value) != "i":
+        return True
+    ints = np.asarray(value).astype(object)  # Python ints: compared exactly below
+    with np.errstate(all="ignore"):
+        cast = np.asarray(value).astype(dtype).astype(object)
+    return bool(np.all(ints == cast))
 
 
 def _hdf5_array(value: Any) -> Optional[np.ndarray]:
@@ -97,12 +117,14 @@ def _hdf5_array(value: Any) -> Optional[np.ndarray]:
         kind = h5py.string_dtype("utf-8") if isinstance(value, str) else h5py.string_dtype("ascii")
         return np.array([value], dtype=kind)
     kinds: set = set()
-    if not _leaf_kinds(value, kinds) or len(kinds) > 1:
+    if not _leaf_kinds(value, kinds) or (len(kinds) > 1 and kinds != {"i", "f"}):
         return None  # e.g. [True, 2] would become [1, 2], [1, "a"] become strings
     try:
         arr = np.asarray(value)
     except Exception:
         return None
+    if len(kinds) > 1 and not _integers_exact(value, arr.dtype):
+        return None  # e.g. [2**60 + 1, 0.5]: the integer would not survive as a float
     if arr.dtype.kind == "U":  # numpy unicode has no HDF5 type: variable-length UTF-8
         import h5py
         arr = arr.astype(h5py.string_dtype("utf-8"))

@@ -287,6 +287,10 @@ def changed_by_arrays(kind):
         return _pandas().Series([1.0, 2.0], index=["p", "q"], name="s")
     if kind == "bool-and-int":
         return [True, 2]
+    if kind == "big-int-and-float":  # as floats: 2**60 + 1 would become 2**60
+        return [2 ** 60 + 1, 0.5]
+    if kind == "bytes-ending-in-nul":  # fixed-size bytes drop trailing NULs
+        return [b"a", b"b\0"]
     raise ValueError(kind)
 
 
@@ -304,7 +308,8 @@ def _same(kind, got, want) -> None:
 
 
 @pytest.mark.parametrize("mode", ["files", "single_file"])
-@pytest.mark.parametrize("kind", ["masked", "dataframe", "series", "bool-and-int"])
+@pytest.mark.parametrize("kind", ["masked", "dataframe", "series", "bool-and-int",
+                                  "big-int-and-float", "bytes-ending-in-nul"])
 def test_a_value_an_array_would_change_is_pickled_with_a_warning(tmp_path, kind, mode):
     want = changed_by_arrays(kind)
     out = tmp_path / "out"
