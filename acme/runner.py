@@ -72,8 +72,6 @@ def _prepare_output(pmap) -> Optional[OutputLayout]:
         os.makedirs(folder, exist_ok=True)
     except OSError as exc:
         raise OSError(f"cannot create the output folder {folder!r}: {exc}") from exc
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise PermissionError(f"the output folder {folder!r} is not writable")
     return OutputLayout(folder, file_stem(pmap.func))
 
 
@@ -115,6 +113,9 @@ def _claim(pmap, layout: OutputLayout) -> RunState:
             "resume=True to continue that run once it has ended)")
     try:
         _make_payload_dir(pmap, layout)
+        if not os.access(layout.output_dir, os.W_OK | os.X_OK):
+            raise PermissionError(f"the output folder {layout.output_dir!r} is not "
+                                  "writable")
     except BaseException:
         state.release()
         raise
@@ -214,8 +215,7 @@ def _start_state(pmap, layout: OutputLayout,
         mode = _mode(pmap)
         done, damaged = verify_results(state, layout, mode, pmap.n_inputs,
                                        pmap.result_spec)
-        for index, why in sorted(damaged.items()):
-            log.warning("call %d is run again: %s", index, why)
+        state.damaged = damaged  # logged once the run's log is open
         journal = state.journal()
         state.rewrite_journal({i: journal[i] for i in done})
         if mode == "single_file":
@@ -303,6 +303,8 @@ def _execute(pmap, backend, layout: Optional[OutputLayout],
     logfile = _logfile_path(pmap, layout)
     with run_logging(pmap.verbose, logfile):
         _log_parameters(pmap, backend, layout)
+        for index, why in sorted(getattr(state, "damaged", {}).items()):
+            log.warning("call %d is run again: %s", index, why)
         if done:
             log.info("resuming the run in %s: %d of %d calls already have results",
                      layout.output_dir, len(done), pmap.n_inputs)

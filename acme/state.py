@@ -101,6 +101,8 @@ class RunState:
         self._stem = stem
         self._lock_fd: Optional[int] = None
         self._journal_ok = True
+        #: recorded calls whose files failed verification when the run resumed
+        self.damaged: dict[int, str] = {}
 
     @property
     def run_file(self) -> str:
@@ -383,6 +385,8 @@ def _check_file(path: str, size: Optional[int], part: bool = False) -> Optional[
     if not stat.S_ISREG(st.st_mode):
         return f"result file {path} is not a regular file"
     if size is not None and st.st_size != size:
+        if st.st_size == 0:
+            return f"result file {path} is empty ({size} bytes when written)"
         if st.st_size < size:
             return f"result file {path} is truncated ({st.st_size} of {size} bytes)"
         return f"result file {path} has changed ({st.st_size} bytes, {size} when written)"

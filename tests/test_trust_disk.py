@@ -130,8 +130,9 @@ class Proc:
         script = tmp_path / "trust_disk_script.py"
         if not script.exists():
             script.write_text(SCRIPT)
-        env = dict(os.environ, PYTHONUNBUFFERED="1",
-                   PYTHONPATH=os.pathsep.join([str(ACME_ROOT), str(TESTS)]))
+        path = [str(ACME_ROOT), str(TESTS)] + ([os.environ["PYTHONPATH"]]
+                                               if os.environ.get("PYTHONPATH") else [])
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(path))
         self.log = open(tmp_path / f"proc_{time.monotonic_ns()}.log", "w+")
         self.proc = subprocess.Popen(
             [sys.executable, str(script), str(out), json.dumps(opts), str(start_at)],
