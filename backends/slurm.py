@@ -66,6 +66,8 @@ import json
 import logging
 import multiprocessing
 import os
+import pickle
+import pickletools
 import random
 import shlex
 import shutil
@@ -566,26 +568,36 @@ def _has_cloudpickle() -> bool:
         return False
 
 
-def main_script_problem(func) -> tuple:
-    """``(script, problem)``: without cloudpickle a ``__main__`` function travels by
+def _describe(func) -> str:
+    """How messages name ``func``: a function, a partial of one, or an object."""
+    if hasattr(func, "__name__"):
+        return f"the function {func.__name__!r}"
+    inner = getattr(func, "func", None)
+    if inner is not None and hasattr(inner, "__name__"):
+        return f"the function {inner.__name__!r} (in a {type(func).__name__})"
+    return f"the callable object of class {type(func).__qualname__!r}"
+
+
+def main_script_problem(func, what: Optional[str] = None) -> tuple:
+    """``(script, problem)``: without cloudpickle what ``__main__`` defines travels by
     reference, and the job loads ``script`` (without running its main block) on every
-    rank; ``problem`` says why it cannot (None: it can)."""
+    rank; ``problem`` says why it cannot (None: it can). ``what`` names the object
+    (default: the function)."""
     from acme.mpi_run import has_main_guard
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
-    name = getattr(func, "__name__", func)
+    what = what or _describe(func)
     if not path or not os.path.isfile(path):
-        return None, (f"the function {name!r} was defined in an interactive session and "
-                      "cloudpickle is not importable here, so a SLURM job cannot load "
-                      "it; install cloudpickle (pip install cloudpickle) to send it by "
-                      "value, or define it in a module")
+        return None, (f"{what} was defined in an interactive session and cloudpickle "
+                      "is not importable here, so a SLURM job cannot load it; install "
+                      "cloudpickle (pip install cloudpickle) to send it by value, or "
+                      "define it in a module")
     path = os.path.abspath(path)
     if not has_main_guard(path):
-        return path, (f"the function {name!r} is defined in {path}, which has no `if "
-                      "__name__ == \"__main__\":` block, so a SLURM job cannot load it "
-                      "without running the whole script again; add that block, move "
-                      "the function into a module, or install cloudpickle (pip install "
-                      "cloudpickle)")
+        return path, (f"{what} is defined in {path}, which has no `if __name__ == "
+                      "\"__main__\":` block, so a SLURM job cannot load it without "
+                      "running the whole script again; add that block, move it into a "
+                      "module, or install cloudpickle (pip install cloudpickle)")
     return path, None
 
 
@@ -593,28 +605,30 @@ def slurm_problem() -> Optional[str]:
     """Why no job can be submitted from here or run its ranks (None: it can)."""
     unusable = slurm_unusable_reason()
     if unusable:
-        return f"SLURM is not usable here ({unusable})"
+        return f"SLURM is not usable here: {unusable}"
     return job_python_problem()[0]
 
 
 def function_problem(func) -> Optional[str]:
     """Why the ranks of a job started from here could not load ``func`` (None: they
-    can): how :func:`write_work` sends it decides what they need."""
+    can), judged as :func:`write_work` sends it."""
     if _has_cloudpickle():
         if not job_python_problem()[1]:
             return (f"the function travels by value (cloudpickle), but cloudpickle is "
                     f"not importable in {sys.executable} as the job runs it")
         return None
-    if getattr(func, "__module__", None) != "__main__":
-        return None  # by reference, from a module on the job's import path
-    return main_script_problem(func)[1]
+    try:
+        by_reference = pickle.dumps(func, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:  # (ParallelMap refuses such a function earlier)
+        return f"the function cannot be pickled ({exc}) and cloudpickle is not importable"
+    return main_script_problem(func)[1] if _refers_to_main(by_reference) else None
 
 
-def _main_script_for_workers(func) -> str:
-    path, problem = main_script_problem(func)
-    if problem:
-        raise TypeError(problem[0].upper() + problem[1:])
-    return path
+def script_to_load(func) -> Optional[str]:
+    """The ``__main__`` script the ranks must load to find ``func`` (None: none)."""
+    if _has_cloudpickle() or not _refers_to_main(pickle.dumps(func)):
+        return None
+    return main_script_problem(func)[0]
 
 
 def write_work(folder: str, context: WorkerContext, tasks: list) -> Optional[str]:
@@ -622,17 +636,32 @@ def write_work(folder: str, context: WorkerContext, tasks: list) -> Optional[str
     script the job's ranks have to load (None: nothing to load: the function travels
     by value with cloudpickle, or lives in an importable module)."""
     by_value = _has_cloudpickle()
-    main_script = None
-    if not by_value and getattr(context.func, "__module__", None) == "__main__":
-        main_script = _main_script_for_workers(context.func)
     context_bytes = dumps(context, "The function or one of its constant arguments",
                           by_value=by_value)
     tasks_bytes = dumps(tasks, "A varying argument", by_value=by_value)
+    main_script = None
+    if not by_value and (_refers_to_main(context_bytes) or _refers_to_main(tasks_bytes)):
+        what = None if _refers_to_main(pickle.dumps(context.func)) else \
+            "an argument of the map (of a class defined in __main__)"
+        path, problem = main_script_problem(context.func, what)
+        if problem:
+            raise TypeError(problem[0].upper() + problem[1:])
+        main_script = path
     with open(os.path.join(folder, CONTEXT_FILE), "wb") as fh:
         fh.write(context_bytes)
     with open(os.path.join(folder, TASKS_FILE), "wb") as fh:
         fh.write(tasks_bytes)
     return main_script
+
+
+def _refers_to_main(data: bytes) -> bool:
+    """Whether a pickle names something of ``__main__`` (a function, a class, or a
+    partial of one), which the ranks can only find by loading the script."""
+    if b"__main__" not in data:  # fast: most pickles never mention it
+        return False
+    return any(arg == "__main__" or (op.name in ("GLOBAL", "INST") and
+                                     str(arg).startswith("__main__ "))
+               for op, arg, _ in pickletools.genops(data))
 
 
 def start_allocation(**kwargs):

@@ -253,12 +253,12 @@ class SlurmPool:
     # ------------------------------------------------------------ maps
     def function_problem(self, func) -> Optional[str]:
         """Why the pool's ranks could not load ``func`` (None: they can)."""
-        from .slurm import function_problem, main_script_problem
+        from .slurm import function_problem, script_to_load
         problem = function_problem(func)
-        if problem or _has_cloudpickle() or getattr(func, "__module__", None) != "__main__":
+        if problem:
             return problem
-        path = main_script_problem(func)[0]
-        if path == self.main_script:
+        path = script_to_load(func)
+        if path is None or path == self.main_script:
             return None
         return (f"the function {getattr(func, '__name__', func)!r} is defined in {path}, "
                 "which the pool's ranks did not load "
@@ -515,7 +515,7 @@ def start_allocation(partition: str = "auto", n_workers: Optional[int] = None,
         log.warning("slurm_cluster_setup: ignoring unknown option(s) %s",
                     ", ".join(sorted(kwargs)))
     unusable = slurm_unusable_reason(refresh=True)
-    problem = f"SLURM is not usable here ({unusable})" if unusable else \
+    problem = f"SLURM is not usable here: {unusable}" if unusable else \
         job_python_problem()[0]  # the ranks' Python: mpi4py, acme
     if problem:
         raise RuntimeError(f"slurm_cluster_setup cannot start a worker pool: {problem}")

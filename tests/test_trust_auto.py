@@ -205,30 +205,35 @@ def test_slurm_cluster_setup_without_mpi4py_fails_before_submitting(
 
 # ---------------------------- a function typed at a prompt, without cloudpickle
 PROMPT_MAP = """
-import sys
+import functools, sys
 sys.modules['cloudpickle'] = None
 from acme import ParallelMap
-def typed_here(x):
-    return 2 * x
+def typed_here(x, factor=2):
+    return factor * x
 try:
-    with ParallelMap(typed_here, [1, 2, 3], n_workers=2, backend={backend!r},
+    with ParallelMap({func}, [1, 2, 3], n_workers=2, backend={backend!r},
                      partition='small', {where}) as pmap:
         print('RESULT', pmap.compute(), flush=True)
 except Exception as exc:
     print('ERROR', type(exc).__name__, exc, flush=True)
 """
 IN_MEMORY, ON_DISK = "write_worker_results=False", "output_dir='out'"
+#: the function, and a partial of it (pickled by reference, it names __main__ too)
+PROMPT_FUNCS = ["typed_here", "functools.partial(typed_here, factor=2)"]
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("func", PROMPT_FUNCS)
 @pytest.mark.parametrize("where", [IN_MEMORY, ON_DISK])
-def test_auto_runs_a_prompt_function_locally_without_cloudpickle(where, tmp_path, slurm):
-    result = run_script(PROMPT_MAP.format(backend="auto", where=where), timeout=90,
-                        stdin=True, env=child_env())
+def test_auto_runs_a_prompt_function_locally_without_cloudpickle(where, func, tmp_path,
+                                                                 slurm):
+    result = run_script(PROMPT_MAP.format(func=func, backend="auto", where=where),
+                        timeout=90, stdin=True, env=child_env())
     assert result.returncode == 0, str(result)
     line = auto_line(result.stderr)
     assert re.search(r"backend auto: local \(SLURM is usable here, but the function "
-                     r"'typed_here' was defined in an interactive session and "
+                     r"'typed_here'( \(in a partial\))? was defined in an "
+                     r"interactive session and "
                      r"cloudpickle is not importable", line), line
     assert "submitted SLURM job" not in result.stderr
     if where == IN_MEMORY:
@@ -240,14 +245,16 @@ def test_auto_runs_a_prompt_function_locally_without_cloudpickle(where, tmp_path
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("func", PROMPT_FUNCS)
 @pytest.mark.parametrize("where", [IN_MEMORY, ON_DISK])
 def test_explicit_slurm_with_a_prompt_function_without_cloudpickle_leaves_nothing(
-        where, tmp_path, slurm):
-    result = run_script(PROMPT_MAP.format(backend="slurm", where=where), timeout=90,
-                        stdin=True, env=child_env())
-    assert "ERROR TypeError backend='slurm' cannot run this map: the function " \
-        "'typed_here' was defined in an interactive session" in result.stdout, \
-        str(result)
+        where, func, tmp_path, slurm):
+    result = run_script(PROMPT_MAP.format(func=func, backend="slurm", where=where),
+                        timeout=90, stdin=True, env=child_env())
+    assert re.search(r"ERROR TypeError backend='slurm' cannot run this map: the "
+                     r"function 'typed_here'( \(in a partial\))? was defined in an "
+                     r"interactive session",
+                     result.stdout), str(result)
     assert "cloudpickle" in result.stdout
     assert "submitted SLURM job" not in result.stderr and "dry run" not in result.stderr
     assert job_folders(tmp_path) == [] and not (tmp_path / "out").exists()
@@ -264,6 +271,28 @@ def test_auto_says_it_submits_to_slurm_where_the_job_can_run(tmp_path, slurm):
     assert "backend auto: slurm (SLURM is usable here" in line, line
     assert re.search(r"submitted SLURM job \d+", result.stderr), result.stderr
     assert "RESULT [2, 3, 4]" in result.stdout
+    assert job_folders(tmp_path) == []
+
+
+@pytest.mark.timeout(120)
+def test_a_partial_of_a_script_function_without_cloudpickle_runs_on_slurm(tmp_path, slurm):
+    """Pickled by reference, a partial names ``__main__.scaled``: the job's ranks have
+    to load the script, though the partial's own module is functools."""
+    script = tmp_path / "partial_map.py"
+    script.write_text(
+        "import functools, sys\n"
+        "sys.modules['cloudpickle'] = None\n"
+        "from acme import ParallelMap\n"
+        "def scaled(x, factor):\n"
+        "    return x * factor\n"
+        "if __name__ == '__main__':\n"
+        "    with ParallelMap(functools.partial(scaled, factor=3), [1, 2],\n"
+        "                     write_worker_results=False, backend='slurm',\n"
+        "                     partition='small', n_workers=1) as pmap:\n"
+        "        print('RESULT', pmap.compute(), flush=True)\n")
+    result = run_script(script, timeout=90, env=child_env())
+    assert result.returncode == 0, str(result)
+    assert "RESULT [3, 6]" in result.stdout, str(result)
     assert job_folders(tmp_path) == []
 
 
