@@ -4,6 +4,8 @@ The rules are esi-acme's (scripts rely on them), minus its known defects:
 
 * a list or tuple of length ``n`` is split element-wise; so is a numpy array that is
   1-D after squeezing (a ``(1, n)`` or ``(n, 1)`` array gives call ``i`` element ``i``);
+  an array of one element (``np.array([5])``) is one call, like ``[5]``, when no
+  other argument says how many calls to make;
 * everything else (scalars, strings, dicts, sets, 2-D arrays, None, ...) is the same
   for every call;
 * a keyword whose value is a list/tuple counts as "one value per call" only where the
