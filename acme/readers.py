@@ -28,7 +28,7 @@ import os
 import pickle
 import re
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
@@ -87,9 +87,25 @@ class _Run:
     mode: str
     n_calls: int
     spec: Optional[ResultSpec]
-    journal: dict = field(default_factory=dict)    # index -> (relative path, size)
-    paths: dict = field(default_factory=dict)      # index -> absolute path
-    _single_problem: Any = False                   # not checked yet
+    journal: dict          # index -> (path relative to the folder, size or None)
+    _single_problem: Any = False  # not checked yet
+    _real_dirs: Any = None        # folders checked to lie inside the output folder
+
+    def path(self, index: int) -> str:
+        """The journaled file of call ``index`` (the journal must hold it)."""
+        return os.path.join(self.layout.output_dir, self.journal[index][0])
+
+    def inside(self, path: str) -> bool:
+        """Whether ``path``'s folder is inside the output folder, also after
+        symbolic links are followed (checked once per folder)."""
+        if self._real_dirs is None:
+            self._real_dirs = {}
+        folder = os.path.dirname(path)
+        if folder not in self._real_dirs:
+            base = os.path.realpath(self.layout.output_dir)
+            real = os.path.realpath(folder)
+            self._real_dirs[folder] = real == base or real.startswith(base + os.sep)
+        return self._real_dirs[folder]
 
     def single_file_problem(self) -> Optional[str]:
         """Why ``f.h5`` of a single-file run cannot be read (checked once)."""
@@ -149,7 +165,7 @@ def _open_run(folder: str) -> Optional[_Run]:
         raise StateError(f"the run record {state.run_file} is damaged ({exc!r})") from None
     state = RunState(folder, stem)
     return _Run(state, OutputLayout(folder, stem), str(settings.get("mode", "files")),
-                n_calls, spec, state.journal(), state.recorded_results())
+                n_calls, spec, state.journal())
 
 
 def _expected(run: _Run, index: int) -> set:
@@ -168,10 +184,12 @@ def _recorded_file(run: _Run, index: int) -> str:
         raise MissingResultError(f"call {index} has no result in "
                                  f"{run.layout.output_dir}: {run.why_missing([index])}",
                                  [index])
-    path, size = run.paths[index], run.journal[index][1]
+    path, size = run.path(index), run.journal[index][1]
     problem = None
-    if path not in _expected(run, index):
+    if path not in _expected(run, index):  # (so no "..", no absolute path)
         problem = f"the journal names {path}, which is not where this run writes it"
+    elif not run.inside(path):
+        problem = f"{path} leads out of the output folder (a symbolic link)"
     elif path == run.layout.container:
         problem = run.single_file_problem()
     else:
@@ -202,22 +220,6 @@ def _result_keys(group) -> list[str]:
     return sorted(keys, key=lambda k: int(k.split("_")[1]))
 
 
-def _read_values(path: str, index: int, where: str = "/") -> list:
-    """``[result_0, result_1, ...]`` of a payload file (or one of its groups)."""
-    import h5py
-    try:
-        with h5py.File(path, "r") as h5f:
-            group = h5f[where]
-            values = [group[k][()] for k in _result_keys(group)]
-    except (OSError, KeyError, ValueError, RuntimeError) as exc:
-        raise MissingResultError(f"the result file of call {index} ({path}) is missing "
-                                 f"or damaged: {exc}", [index]) from None
-    if not values:
-        raise MissingResultError(f"the result file of call {index} ({path}) holds no "
-                                 "result", [index])
-    return values
-
-
 def _read_named(path: str, index: int) -> dict:
     """``{"result_k": value}`` of a call's part file."""
     import h5py
@@ -227,6 +229,15 @@ def _read_named(path: str, index: int) -> dict:
     except (OSError, KeyError, ValueError, RuntimeError) as exc:
         raise MissingResultError(f"the result file of call {index} ({path}) is missing "
                                  f"or damaged: {exc}", [index]) from None
+
+
+def _read_values(path: str, index: int) -> list:
+    """``[result_0, result_1, ...]`` of a payload file."""
+    named = _read_named(path, index)
+    if "result_0" not in named:
+        raise MissingResultError(f"the result file of call {index} ({path}) holds no "
+                                 "result", [index])
+    return [named[k] for k in _result_keys(named)]
 
 
 def _single_file_values(run: _Run, index: int, part: Optional[str]) -> list:
@@ -499,49 +510,28 @@ def load_call(path: str, index: int) -> Any:
     return _load_call_esi(path, folder, index)
 
 
-def _fill(spec: ResultSpec, shape: tuple) -> np.ndarray:
-    """An array of the stacked shape holding what rows without a value read as in
-    the container (NaN for floating point, zeros otherwise)."""
-    if spec.dtype.kind in "fc":
-        return np.full(shape, np.nan, dtype=spec.dtype)
-    return np.zeros(shape, dtype=spec.dtype)
-
-
-def _place(spec: ResultSpec, out: np.ndarray, index: int, data: np.ndarray) -> None:
-    """Put call ``index``'s value into ``out`` (a scalar is stored with shape (1,))."""
-    shape = data.shape if len(data.shape) == len(spec.call_shape) else spec.call_shape
-    sel = [slice(0, n) for n in shape]
-    sel.insert(spec.stack_axis, index)
-    out[tuple(sel)] = data.reshape(shape)
-
-
 def _result_0_of(run: _Run, index: int, path: str, data: bool):
-    """Shape (``data=False``) or value of call ``index``'s result_0, read from the
-    file the journal names (for a single-file row: the container), checked against
+    """Shape (``data=False``) or value of call ``index``'s result_0 in the file the
+    journal names (a single-file row: in the container), checked against
     ``result_shape``/``result_dtype``."""
     import h5py
     spec = run.spec
-    in_container = path == run.layout.container
     try:
+        if run.mode == "single_file" and path != run.layout.container:
+            with h5py.File(path, "r") as part:  # not merged yet: result_0 is here ...
+                in_part = "result_0" in part
+            path = path if in_part else run.layout.container  # ... or a row of f.h5
+        if path == run.layout.container and run.single_file_problem():
+            raise MissingResultError(f"call {index} has no usable result: "
+                                     f"{run.single_file_problem()}", [index])
         with h5py.File(path, "r") as h5f:
-            if not in_container and "result_0" not in h5f and run.mode == "single_file":
-                in_container = True  # a part file: the worker wrote the row into f.h5
-            if in_container:
-                problem = run.single_file_problem()
-                if problem:
-                    raise MissingResultError(f"call {index} has no usable result: "
-                                             f"{problem}", [index])
-                h5f.close()
-                h5f = h5py.File(run.layout.container, "r")
-                dset = h5f["result_0"]
-                shape = tuple(n for k, n in enumerate(dset.shape) if k != spec.stack_axis)
+            dset = h5f["result_0"]
+            shape, dtype = dset.shape, dset.dtype
+            if path == run.layout.container:
+                shape = shape[:spec.stack_axis] + shape[spec.stack_axis + 1:]
                 value = _row(dset, spec.stack_axis, index) if data else None
             else:
-                dset = h5f["result_0"]
-                shape = dset.shape
                 value = dset[()] if data else None
-            dtype = dset.dtype
-            h5f.close()
     except (OSError, KeyError, ValueError, RuntimeError) as exc:
         raise MissingResultError(f"the result file of call {index} ({path}) is missing "
                                  f"or damaged: {exc}", [index]) from None
@@ -549,53 +539,55 @@ def _result_0_of(run: _Run, index: int, path: str, data: bool):
     if not (spec.matches(shape) or scalar) or dtype != spec.dtype:
         raise MissingResultError(
             f"the result file of call {index} ({path}) holds result_0 of shape {shape} "
-            f"and dtype {dtype}, not result_shape={spec.describe()} of "
-            f"{spec.dtype}", [index])
+            f"and dtype {dtype}, not result_shape={spec.describe()} of {spec.dtype}",
+            [index])
     return value if data else shape
 
 
 def _stacked_acme(run: _Run) -> np.ndarray:
     """load_stacked for an acme run: the journaled calls only, each file read once
     (twice for an np.inf axis, whose length is the longest call's)."""
-    import h5py
     spec, problems, paths = run.spec, {}, {}
     for i in range(run.n_calls):
         try:
             paths[i] = _recorded_file(run, i)
+            if paths[i].endswith(".pickle"):
+                problems[i] = f"call {i}'s values were pickled: read them with load_call"
         except MissingResultError as exc:
             problems[i] = str(exc)
-            continue
-        if paths[i].endswith(".pickle"):
-            problems[i] = (f"call {i}'s values were pickled ({paths[i]}): read them "
-                           "with load_call")
     _raise_missing(run, problems)
-    if run.mode == "single_file" and set(paths.values()) <= {run.layout.container}:
+    if paths and set(paths.values()) == {run.layout.container} \
+            and not run.single_file_problem():
+        import h5py
         with h5py.File(run.layout.container, "r") as h5f:  # every row merged: read all
             dset = h5f["result_0"]
-            if dset.ndim != len(spec.shape) or dset.shape[spec.stack_axis] != run.n_calls:
-                raise MissingResultError(f"{run.layout.container} holds result_0 of shape "
-                                         f"{dset.shape}, not of result_shape="
-                                         f"{spec.describe()}", list(range(run.n_calls)))
-            return dset[()]
-    inf_length = None
-    if spec.has_inf:
-        axis = [k for k, e in enumerate(spec.call_shape) if e == np.inf][0]
-        shapes = {}
+            if dset.ndim == len(spec.shape) and dset.dtype == spec.dtype \
+                    and dset.shape[spec.stack_axis] == run.n_calls:
+                return dset[()]
+
+    def each(data: bool) -> dict:
+        found = {}
         for i, path in paths.items():
             try:
-                shapes[i] = _result_0_of(run, i, path, data=False)
+                found[i] = _result_0_of(run, i, path, data)
             except MissingResultError as exc:
                 problems[i] = str(exc)
         _raise_missing(run, problems)
-        inf_length = max((s[axis] if len(s) > axis else 1 for s in shapes.values()),
+        return found
+
+    inf_length = None
+    if spec.has_inf:
+        axis = [k for k, e in enumerate(spec.call_shape) if e == np.inf][0]
+        inf_length = max((s[axis] if len(s) > axis else 1 for s in each(False).values()),
                          default=0)
-    out = _fill(spec, spec.full_shape(run.n_calls, inf_length))
-    for i, path in paths.items():
-        try:
-            _place(spec, out, i, _result_0_of(run, i, path, data=True))
-        except MissingResultError as exc:
-            problems[i] = str(exc)
-    _raise_missing(run, problems)
+    out = np.zeros(spec.full_shape(run.n_calls, inf_length), dtype=spec.dtype)
+    if spec.dtype.kind in "fc":  # padding of an np.inf axis, as the container has it
+        out[...] = np.nan
+    for i, value in each(True).items():  # memory: the result and one call's value
+        shape = value.shape if value.ndim == len(spec.call_shape) else spec.call_shape
+        sel = [slice(0, n) for n in shape]
+        sel.insert(spec.stack_axis, i)
+        out[tuple(sel)] = value.reshape(shape)
     return out
 
 
@@ -605,9 +597,7 @@ def _raise_missing(run: _Run, problems: dict) -> None:
     calls = sorted(problems)
     not_recorded = [i for i in calls if i not in run.journal]
     damaged = [i for i in calls if i in run.journal]
-    parts = []
-    if not_recorded:
-        parts.append(run.why_missing(not_recorded))
+    parts = [run.why_missing(not_recorded)] if not_recorded else []
     if damaged:
         parts.append(f"unusable: {_ranges(damaged)} (e.g. {problems[damaged[0]]})")
     raise MissingResultError(f"the results of calls {_ranges(calls)} are missing in "

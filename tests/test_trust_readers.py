@@ -377,3 +377,60 @@ def test_esi_acme_pickle_folder_by_exact_names(tmp_path):
     with pytest.raises(MissingResultError, match="several functions"):
         acme.load_call(out, 3)
     assert not (tmp_path / "PLANTED_CODE_RAN").exists()
+
+
+def test_a_result_file_reached_through_a_link_is_no_result(tmp_path):
+    """A payload folder replaced by a link to another folder with same-named files."""
+    out = finished(tmp_path, result_shape=(None, 3))
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(out / "row_payload", elsewhere)
+    shutil.rmtree(out / "row_payload")
+    os.symlink(elsewhere, out / "row_payload")
+    with pytest.raises(MissingResultError, match="leads out of the output folder"):
+        acme.load_call(out, 1)
+    with pytest.raises(MissingResultError) as info:
+        acme.load_stacked(out)
+    assert info.value.calls == [0, 1, 2, 3]
+
+
+LOCAL_KILL_SCRIPT = """
+import os, signal, sys, time
+import numpy as np
+from acme import ParallelMap
+
+def slow_row(x):
+    time.sleep(0.05)
+    if x == 7:
+        os.kill(os.getppid(), signal.SIGKILL)   # a worker kills the run's parent
+        time.sleep(0.5)
+    return np.arange(3.0) + 10 * x
+
+if __name__ == "__main__":
+    with ParallelMap(slow_row, list(range(16)), output_dir=sys.argv[1], backend="local",
+                     n_workers=2, verbose=False, result_shape=(None, 3),
+                     single_file=sys.argv[2] == "single") as pmap:
+        pmap.compute()
+"""
+
+
+@pytest.mark.parametrize("mode", ["files", "single"])
+def test_after_a_kill_on_the_local_backend_every_read_is_a_result_or_refused(tmp_path,
+                                                                              mode):
+    out = tmp_path / "out"
+    result = run_script(LOCAL_KILL_SCRIPT, args=[str(out), mode], timeout=60)
+    assert result.returncode == -signal.SIGKILL, str(result)
+    have = []
+    for i in range(16):
+        try:
+            value = acme.load_call(out, i)
+        except MissingResultError as exc:
+            assert exc.calls == [i]
+            continue
+        np.testing.assert_array_equal(value[0], np.arange(3.0) + 10 * i)
+        have.append(i)
+    assert 7 not in have and len(have) < 16
+    with pytest.raises(MissingResultError) as info:
+        acme.load_stacked(out)
+    assert info.value.calls == sorted(set(range(16)) - set(have))
+    code, stdout, _ = cli("status", out)
+    assert code == 1 and re.search(rf"done:\s+{len(have)}$", stdout, re.M), stdout
