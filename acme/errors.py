@@ -6,7 +6,24 @@ import traceback
 from typing import Any, Optional
 
 __all__ = ["ParallelMapError", "RemoteTraceback", "CallFailure", "WorkerDied",
-           "CallTimeout"]
+           "CallTimeout", "ResultNotReceived", "safe_str"]
+
+
+def safe_str(obj: Any) -> str:
+    """``str(obj)``, or a description of why it failed: never raises."""
+    try:
+        return str(obj)
+    except Exception as exc:  # noqa: BLE001 - a user's __str__ can raise anything
+        try:
+            reason = f"{type(exc).__name__}: {exc}"
+        except Exception:  # noqa: BLE001
+            reason = type(exc).__name__
+        return f"<str() failed: {reason}>"
+
+
+def _type_name(obj: Any) -> str:
+    kind = type(obj)
+    return f"{kind.__module__}.{kind.__qualname__}"
 
 
 class RemoteTraceback(Exception):
@@ -42,6 +59,16 @@ class WorkerDied(RuntimeError):
     (e.g. by the out-of-memory killer) or called ``os._exit``; the message gives
     the exit code or signal. On the local backend only that call fails and a new
     worker takes the dead one's place.
+    """
+
+
+class ResultNotReceived(RuntimeError):
+    """A call returned, but the main process could not receive its result.
+
+    The cause of that call's failure when its return value (or its exception)
+    pickled in the worker but could not be unpickled by the scheduling process (a
+    class that is not importable there, a ``__reduce__`` that fails on load, no
+    memory left for it); the message says why. The other calls are not affected.
     """
 
 
@@ -88,7 +115,7 @@ class CallFailure:
                  host: str, pid: int, rank: Optional[int] = None,
                  duration: float = 0.0):
         self.index = index
-        self.exception = exception
+        self.exception = _printable(exception)
         self.traceback_text = traceback_text
         self.host = host
         self.pid = pid
@@ -131,13 +158,29 @@ class CallFailure:
         exc = self.exception
         try:
             pickle.loads(pickle.dumps(exc))
-        except Exception:
-            exc = RuntimeError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc} "
-                               "(the original exception could not be pickled)")
+        except Exception as problem:  # noqa: BLE001 - e.g. a constructor that needs args
+            exc = RuntimeError(f"{_type_name(exc)}: {safe_str(exc)} (the original "
+                               "exception could not be sent back: pickling it and "
+                               f"loading it again failed with {_type_name(problem)}: "
+                               f"{safe_str(problem)})")
         else:
             exc = _strip_traceback(exc)
         return (CallFailure, (self.index, exc, self.traceback_text, self.host,
                               self.pid, self.rank, self.duration))
+
+
+def _printable(exc: BaseException) -> BaseException:
+    """``exc``, or a RuntimeError that describes it when ``str(exc)`` raises (every
+    report, log line and state record needs the message)."""
+    try:
+        str(exc)
+        return exc
+    except Exception as problem:  # noqa: BLE001 - a user's __str__ can raise anything
+        replacement = RuntimeError(f"{_type_name(exc)} (its message could not be made: "
+                                   f"str() failed with {_type_name(problem)}: "
+                                   f"{safe_str(problem)})")
+        replacement.__traceback__ = exc.__traceback__
+        return replacement
 
 
 def _strip_traceback(exc: BaseException) -> BaseException:

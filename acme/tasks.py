@@ -14,10 +14,32 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .errors import CallFailure
+from .errors import CallFailure, ResultNotReceived, safe_str
 from .inputs import CallPlan, TASK_ID
 
-__all__ = ["CallOutcome", "CallTask", "WorkerContext", "dumps", "loads"]
+__all__ = ["CallOutcome", "CallTask", "WorkerContext", "dumps", "loads", "encode_batch",
+           "encode_items", "decode_items"]
+
+#: Forks of this process so far, counted in each child (``os.register_at_fork``): a
+#: call that forks and whose child returns from the function is seen by the counter
+#: changing during the call, and the child then leaves (see _leave_forked_child).
+_FORKS = [0]
+
+
+def _count_fork() -> None:
+    _FORKS[0] += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_count_fork)
+
+
+def _leave_forked_child() -> None:
+    """End a process forked by a call that returned from the function (or raised)
+    instead of exiting: it is a copy of the worker and must never report results,
+    write result files or serve calls. ``os._exit`` skips atexit handlers and the
+    flushing of inherited buffers, which belong to the worker."""
+    os._exit(0)
 
 #: One call as it travels to a worker: (index, varying positional values, varying keyword values)
 CallTask = tuple
@@ -80,12 +102,17 @@ class WorkerContext:
     def run(self, task: CallTask) -> CallOutcome:
         """Run one call; never raises for the call's own errors."""
         index, pos_values, kw_values = task
+        forks = _FORKS[0]
         start = time.perf_counter()
         try:
             args, kwargs = self.arguments(index, pos_values, kw_values)
             value = self.func(*args, **kwargs)
+            if _FORKS[0] != forks:
+                _leave_forked_child()
             stored = self.sink.store(index, value)
         except (Exception, SystemExit) as exc:  # sys.exit() in a call fails that call
+            if _FORKS[0] != forks:
+                _leave_forked_child()
             duration = time.perf_counter() - start
             failure = CallFailure.from_exception(index, exc, HOST, os.getpid(),
                                                  self.rank, duration)
@@ -103,6 +130,8 @@ class WorkerContext:
         direct = (not self.keywords and not self.varying_keywords and not self.inject_task_id
                   and self.varying_positions == list(range(len(self.positional))))
         clock = time.perf_counter
+        forks = _FORKS  # a fork during a call changes forks[0] in the child only
+        seen = forks[0]
         indices, values, durations, failed = [], [], [], []
         for task in tasks:
             index = task[0]
@@ -113,9 +142,13 @@ class WorkerContext:
                 else:
                     args, kwargs = self.arguments(index, task[1], task[2])
                     value = func(*args, **kwargs)
+                if forks[0] != seen:
+                    _leave_forked_child()
                 if store is not None:
                     value = store(index, value)
             except (Exception, SystemExit) as exc:
+                if forks[0] != seen:
+                    _leave_forked_child()
                 duration = clock() - start
                 failure = CallFailure.from_exception(index, exc, HOST, os.getpid(),
                                                      self.rank, duration)
@@ -136,26 +169,108 @@ def pack_outcomes(outcomes: list) -> tuple:
 
 
 def sendable(batch: tuple) -> tuple:
-    """The batch, with every value that cannot be pickled replaced by a failure
-    of its call saying so."""
+    """The batch, with every value (or failure) that cannot be pickled replaced by
+    a failure of its call saying so."""
     indices, values, durations, failed = batch
     keep = ([], [], [])
-    failed = list(failed)
+    sent_failures = []
     for index, value, duration in zip(indices, values, durations):
         try:
             pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any pickling error fails this call
             error = TypeError(
                 f"the return value of call {index} cannot be sent back to the main "
-                f"process (pickling failed: {exc}); return numpy arrays or plain Python "
-                "objects, or write results to disk")
+                f"process (pickling failed: {safe_str(exc)}); return numpy arrays or "
+                "plain Python objects, or write results to disk")
             failure = CallFailure(index, error, "", HOST, os.getpid(), None, duration)
-            failed.append(CallOutcome(index, None, failure, duration))
+            sent_failures.append(CallOutcome(index, None, failure, duration))
             continue
         keep[0].append(index)
         keep[1].append(value)
         keep[2].append(duration)
-    return keep[0], keep[1], keep[2], failed
+    for outcome in failed:
+        try:
+            pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:  # noqa: BLE001 - keep what can be told
+            failure = outcome.failure
+            error = RuntimeError(f"call {outcome.index} failed, but its error cannot be "
+                                 f"sent back to the main process ({safe_str(exc)})")
+            outcome = CallOutcome(outcome.index, None, CallFailure(
+                outcome.index, error, safe_str(failure.traceback_text), HOST,
+                os.getpid(), failure.rank, outcome.duration), outcome.duration)
+        sent_failures.append(outcome)
+    return keep[0], keep[1], keep[2], sent_failures
+
+
+def encode_batch(batch: tuple, kind: Optional[str] = "outcomes") -> bytes:
+    """A packed batch pickled for the scheduler, as ``(kind, batch)`` (just the
+    batch when ``kind`` is None); values that do not pickle fail their own call."""
+    try:
+        return pickle.dumps(batch if kind is None else (kind, batch),
+                            protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # noqa: BLE001 - a value that does not pickle fails its own call
+        batch = sendable(batch)
+        return pickle.dumps(batch if kind is None else (kind, batch),
+                            protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _dumps_or_none(obj: Any) -> Optional[bytes]:
+    try:
+        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # noqa: BLE001 - the scheduler reports the call as not received
+        return None
+
+
+def encode_items(batch: Optional[tuple]) -> Optional[list]:
+    """A packed batch as ``(index, duration, ok, pickled value or failure)`` per call:
+    what a worker sends again when the scheduler could not unpickle the batch as a
+    whole, so that one result it cannot load fails only its own call."""
+    if batch is None:
+        return None
+    indices, values, durations, failed = batch
+    items = [(i, d, True, _dumps_or_none(v)) for i, v, d in zip(indices, values, durations)]
+    items += [(o.index, o.duration, False, _dumps_or_none(o)) for o in failed]
+    return items
+
+
+def not_received(index: int, problem: BaseException, duration: float, where: tuple,
+                 what: str = "its result") -> CallOutcome:
+    """The failure of a call whose result the scheduler could not unpickle.
+    ``where`` is ``(host, pid, rank)`` of the worker."""
+    text = f"{type(problem).__name__}: {safe_str(problem)}"
+    if isinstance(problem, MemoryError):
+        text += " (this process ran out of memory while receiving it)"
+    error = ResultNotReceived(f"call {index}: {what} was computed but could not be "
+                              f"received by the main process: unpickling it raised {text}")
+    host, pid, rank = where
+    return CallOutcome(index, None, CallFailure(index, error, "", host, pid, rank,
+                                                duration), duration)
+
+
+def decode_items(items: Optional[list], indices: list, where: tuple) -> tuple:
+    """Unpickle what :func:`encode_items` made, one call at a time; a call whose part
+    cannot be loaded fails alone. ``items`` None (the worker no longer held them):
+    every call of ``indices`` fails."""
+    if items is None:
+        gone = RuntimeError("the worker no longer held the results")
+        return [], [], [], [not_received(i, gone, 0.0, where) for i in indices]
+    ok, values, durations, failed = [], [], [], []
+    for index, duration, is_value, data in items:
+        try:
+            if data is None:
+                raise TypeError("it could not be pickled in the worker")
+            obj = pickle.loads(data)
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - this call only
+            failed.append(not_received(index, exc, duration, where,
+                                       "its result" if is_value else "its error"))
+            continue
+        if is_value:
+            ok.append(index)
+            values.append(obj)
+            durations.append(duration)
+        else:
+            failed.append(obj)
+    return ok, values, durations, failed
 
 
 HOST = socket.gethostname()

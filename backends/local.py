@@ -20,12 +20,15 @@ task. Here each worker is a process with its own pipe:
 from __future__ import annotations
 
 import ctypes  # loaded here once, so forked workers do not each import it
+import itertools
 import logging
 import multiprocessing
 import os
 import pickle
+import queue
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections import deque
@@ -33,14 +36,22 @@ from multiprocessing.connection import wait
 from typing import Iterator, Optional
 
 from acme.errors import CallFailure, CallTimeout, WorkerDied
-from acme.tasks import (HOST, CallOutcome, CallTask, WorkerContext, defined_interactively,
-                        dumps, loads, sendable)
+from acme.tasks import (HOST, CallOutcome, CallTask, WorkerContext, decode_items,
+                        defined_interactively, dumps, encode_batch, encode_items, loads,
+                        not_received)
 
 from .base import Backend, BatchSizer
 
 log = logging.getLogger("acme")
 
 __all__ = ["LocalBackend", "LocalPool", "usable_cores"]
+
+#: Identifies each map's worker context for the life of this process (never
+#: ``id()`` of anything: CPython reuses the id of a freed object).
+_context_ids = itertools.count(1)
+
+#: Times a replacement for a dead worker is started before the map goes on without it.
+REPLACE_ATTEMPTS = 3
 
 
 def usable_cores() -> int:
@@ -61,7 +72,12 @@ def _start_method() -> str:
 
 
 def _die_with_parent() -> None:
-    """Ask Linux to kill this worker if the scheduler process dies (even by SIGKILL)."""
+    """Ask Linux to kill this worker if the scheduler process dies (even by SIGKILL).
+
+    Linux sends the signal when the *thread* that started the worker ends, so
+    workers are started from the main thread or a launcher thread that lives as
+    long as the process (see :func:`_start`).
+    """
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         PR_SET_PDEATHSIG = 1
@@ -70,17 +86,79 @@ def _die_with_parent() -> None:
         pass
 
 
-def _worker_main(conn) -> None:
+_launcher: Optional[queue.Queue] = None
+_launcher_lock = threading.Lock()
+
+
+def _launch_forever(requests: queue.Queue) -> None:
+    while True:
+        process, box, done = requests.get()
+        try:
+            process.start()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box.append(exc)
+        finally:
+            done.set()
+
+
+def _start(process) -> None:
+    """Start a worker process from a thread that lives as long as this process: a
+    pool made (or a worker replaced) in a thread must not die with that thread."""
+    global _launcher
+    if threading.current_thread() is threading.main_thread():
+        process.start()
+        return
+    with _launcher_lock:
+        if _launcher is None:
+            _launcher = queue.Queue()
+            threading.Thread(target=_launch_forever, args=(_launcher,), daemon=True,
+                             name="acme-worker-launcher").start()
+    box: list = []
+    done = threading.Event()
+    _launcher.put((process, box, done))
+    done.wait()
+    if box:
+        raise box[0]
+
+
+def _pidfd(pid: Optional[int]) -> Optional[int]:
+    """A descriptor that becomes readable when process ``pid`` ends (Linux 5.3+).
+
+    The process sentinel of multiprocessing is the end of a pipe that every
+    process forked by the worker inherits: it stays silent while such a helper
+    lives, however the worker itself died."""
+    if pid is None or not hasattr(os, "pidfd_open"):
+        return None
+    try:
+        return os.pidfd_open(pid)
+    except OSError:
+        return None
+
+
+def _worker_main(conn, taken) -> None:
     """Body of a worker process: for each map, load its context, then serve batches.
 
-    Messages in: ``("context", payload)``, ``("tasks", pickled batch)``, ``None``
-    (stop). Out: ``("ready", pid)`` once, ``("outcomes", packed batch)`` per batch,
-    ``("init-error", text)`` when a context cannot be loaded.
+    Messages in: ``("context", payload)``, ``("tasks", pickled batch)``,
+    ``("resend", None)`` (send the last batch again call by call), ``("forget",
+    None)`` (drop it), ``None`` (stop). Out: ``("ready", pid)`` once,
+    ``("outcomes", packed batch)`` per batch, ``("items", per-call pickles)`` after
+    a resend, ``("init-error", text)`` when a context cannot be loaded. ``taken``
+    (shared memory) counts the batches taken, so that the scheduler knows whether a
+    worker that died had started its last batch.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the scheduler handles Ctrl-C
     _die_with_parent()
-    conn.send(("ready", os.getpid()))
-    context = None
+    pid = os.getpid()
+    try:
+        _serve(conn, pid, taken)
+    finally:
+        if os.getpid() != pid:  # a process forked by a call: never this worker's voice
+            os._exit(0)
+
+
+def _serve(conn, pid: int, taken) -> None:
+    conn.send(("ready", pid))
+    context, init_error, last = None, "", None
     while True:
         try:
             message = conn.recv()
@@ -89,37 +167,71 @@ def _worker_main(conn) -> None:
         if message is None:
             return
         kind, data = message
-        if kind == "context":
+        if kind == "tasks":
+            taken.value += 1  # before any call of it runs
+            last = None
+            if context is None:
+                conn.send(("init-error", init_error))
+                continue
+            batch = context.run_batch(pickle.loads(data))
+            if os.getpid() != pid:  # forked by a call outside Python's os.fork
+                os._exit(0)
+            conn.send_bytes(encode_batch(batch))
+            last = batch
+        elif kind == "context":
             try:
                 context = loads(data)
             except BaseException as exc:  # noqa: BLE001 - report anything
-                text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-                conn.send(("init-error", text))
+                init_error = "".join(traceback.format_exception(type(exc), exc,
+                                                                exc.__traceback__))
+                conn.send(("init-error", init_error))
                 context = None
-            continue
-        batch = context.run_batch(pickle.loads(data))
-        try:
-            conn.send(("outcomes", batch))
-        except Exception:  # a value that does not pickle fails its own call only
-            conn.send(("outcomes", sendable(batch)))
+        elif kind == "resend":  # the scheduler could not unpickle the last batch
+            conn.send(("items", encode_items(last)))
+            last = None
+        else:  # "forget": the map is over
+            last = None
 
 
 class _Worker:
     def __init__(self, ctx, number: int):
         parent_conn, child_conn = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(target=_worker_main, args=(child_conn,),
+        self.taken = ctx.RawValue("q", 0)  # batches the worker took (it writes this)
+        self.sent = 0
+        self.process = ctx.Process(target=_worker_main, args=(child_conn, self.taken),
                                    name=f"acme-worker-{number}")
-        self.process.start()
+        _start(self.process)
         child_conn.close()
         self.conn = parent_conn
+        self.pidfd = _pidfd(self.process.pid)
         self.ready = False
         self.context_id: Optional[int] = None
         self.batch: Optional[list] = None
+        self.from_singles = False
+        self.resending = False
         self.sent_at = 0.0
 
     @property
     def busy(self) -> bool:
         return self.batch is not None
+
+    @property
+    def death_fd(self):
+        """What to wait on for this worker's end: its pidfd (else the sentinel)."""
+        return self.pidfd if self.pidfd is not None else self.process.sentinel
+
+    def alive(self) -> bool:
+        return self.process.is_alive()  # waitpid: true to the process itself
+
+    def wait_dead(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the process to end; whether it has."""
+        if self.pidfd is not None:
+            wait([self.pidfd], timeout)
+        else:
+            deadline = time.monotonic() + timeout
+            while self.alive() and time.monotonic() < deadline:
+                time.sleep(0.02)
+        return not self.alive()
 
     def load(self, payload: bytes, context_id: int) -> int:
         data = pickle.dumps(("context", payload), protocol=pickle.HIGHEST_PROTOCOL)
@@ -130,12 +242,13 @@ class _Worker:
     def send(self, batch: list) -> int:
         data = pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
         self.conn.send(("tasks", data))
+        self.sent += 1
         self.batch = batch
         self.sent_at = time.monotonic()
         return len(data)
 
     def death_reason(self) -> str:
-        self.process.join(timeout=1.0)
+        self.wait_dead(1.0)
         code = self.process.exitcode
         if code is None:
             return "worker stopped answering"
@@ -147,22 +260,30 @@ class _Worker:
             return f"worker died (signal {-code}, {name})"
         return f"worker died (exit code {code})"
 
+    def tell(self, message) -> bool:
+        """Send a small message; False when the worker is gone."""
+        try:
+            self.conn.send(message)
+            return True
+        except (OSError, ValueError):
+            return False
+
     def stop(self) -> None:
         """Ask an idle worker to exit."""
-        if self.process.is_alive():
-            try:
-                self.conn.send(None)
-            except (OSError, ValueError):
-                pass
+        if self.alive():
+            self.tell(None)
 
     def kill(self) -> None:
-        if self.process.is_alive():
+        if self.alive():
             self.process.kill()
-        self.process.join(timeout=5.0)
+        self.wait_dead(5.0)
         try:
             self.conn.close()
         except OSError:
             pass
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
 
 
 class LocalPool:
@@ -202,12 +323,14 @@ class LocalPool:
         self.workers.append(worker)
         return worker
 
-    def wait_ready(self, timeout: float) -> None:
-        """Wait until the workers said they are up; drop those that did not."""
+    def wait_ready(self, timeout: float, only: Optional[list] = None) -> None:
+        """Wait until the workers (or those in ``only``) said they are up; drop
+        those that did not."""
         deadline = time.monotonic() + timeout
-        waiting = [w for w in self.workers if not w.ready]
+        waiting = [w for w in (only or self.workers) if not w.ready]
+        late = list(waiting)
         while waiting and time.monotonic() < deadline:
-            ready = wait([w.conn for w in waiting] + [w.process.sentinel for w in waiting],
+            ready = wait([w.conn for w in waiting] + [w.death_fd for w in waiting],
                          timeout=max(0.0, deadline - time.monotonic()))
             for worker in waiting:
                 if worker.conn in ready:
@@ -216,10 +339,10 @@ class LocalPool:
                         worker.ready = kind == "ready"
                     except (EOFError, OSError):
                         pass
-            waiting = [w for w in waiting if not w.ready and w.process.is_alive()]
-        for worker in [w for w in self.workers if not w.ready]:
-            log.warning("worker process %s did not come up within %.0f s",
-                        worker.process.pid, timeout)
+            waiting = [w for w in waiting if not w.ready and w.alive()]
+        for worker in [w for w in late if not w.ready]:
+            log.warning("worker process %s did not come up within %.0f s (%s)",
+                        worker.process.pid, timeout, worker.death_reason())
             self.remove(worker)
 
     def remove(self, worker: _Worker) -> None:
@@ -228,14 +351,14 @@ class LocalPool:
             self.workers.remove(worker)
 
     def alive(self) -> list:
-        return [w for w in self.workers if w.process.is_alive()]
+        return [w for w in self.workers if w.alive()]
 
     def check(self) -> None:
         """Raise a clear error when the pool cannot take work."""
         if self.closed:
             raise RuntimeError("this worker pool was stopped (cluster_cleanup); start a "
                                "new one with acme.local_cluster_setup()")
-        dead = [w for w in self.workers if not w.process.is_alive()]
+        dead = [w for w in self.workers if not w.alive()]
         for worker in dead:
             log.warning("a worker of the pool has died (%s); it is replaced",
                         worker.death_reason())
@@ -260,7 +383,7 @@ class LocalPool:
                 worker.stop()
         deadline = time.monotonic() + 2.0
         for worker in self.workers:
-            worker.process.join(timeout=max(0.0, deadline - time.monotonic()))
+            worker.wait_dead(max(0.0, deadline - time.monotonic()))
             worker.kill()
         self.workers = []
 
@@ -301,112 +424,186 @@ class LocalBackend(Backend):
             pool = self.pool
             pool.check()
         try:
-            yield from self._run_on(pool, context, tasks, timeout)
+            # Forked workers inherit the function; others must get it by value if it
+            # lives in a __main__ they cannot import (python -c, stdin, notebooks).
+            by_value = (pool.start_method != "fork" and defined_interactively(context.func))
+            payload = dumps(context, "The function or one of its constant arguments",
+                            by_value=by_value)
+            run = _MapRun(pool, payload, tasks, max(1, min(self.n_workers, len(tasks))),
+                          timeout)
+            self.stats = run.stats
+            yield from run.loop()
         finally:
             if own_pool:
                 pool.close()
-
-    def _run_on(self, pool: LocalPool, context: WorkerContext, tasks: list[CallTask],
-                timeout: Optional[float]) -> Iterator[tuple]:
-        # Forked workers inherit the function; others must get it by value if it
-        # lives in a __main__ they cannot import (python -c, stdin, notebooks).
-        by_value = (pool.start_method != "fork" and defined_interactively(context.func))
-        payload = dumps(context, "The function or one of its constant arguments",
-                        by_value=by_value)
-        context_id = id(payload)
-        workers = pool.workers[:max(1, min(self.n_workers, len(tasks)))]
-        self.stats = {"bytes_to_workers": 0, "messages_to_workers": 0,
-                      "workers_started": pool.started, "start_method": pool.start_method}
-        pending = deque(tasks)
-        singles: deque = deque()  # calls of a batch whose worker died: rerun alone
-        sizer = BatchSizer(len(workers), one_at_a_time=timeout is not None)
-
-        def dispatch(worker: _Worker) -> None:
-            if worker.context_id != context_id:
-                self.stats["bytes_to_workers"] += worker.load(payload, context_id)
-                self.stats["messages_to_workers"] += 1
-            if singles:
-                batch = [singles.popleft()]
-            else:
-                size = sizer.next_size(len(pending))
-                batch = [pending.popleft() for _ in range(min(size, len(pending)))]
-            self.stats["bytes_to_workers"] += worker.send(batch)
-            self.stats["messages_to_workers"] += 1
-
-        def replace(worker: _Worker) -> None:
-            index = workers.index(worker)
-            pool.remove(worker)
-            fresh = pool.add_worker()
-            pool.wait_ready(10.0)
-            if fresh in pool.workers:
-                workers[index] = fresh
-            else:
-                workers.remove(worker)
-            self.stats["workers_started"] = pool.started
-
-        def lost(worker: _Worker, reason: str, error_type: type) -> Iterator[CallOutcome]:
-            batch = worker.batch or []
-            worker.batch = None
-            if len(batch) == 1:
-                index = batch[0][0]
-                duration = time.monotonic() - worker.sent_at
-                failure = CallFailure(index, error_type(f"call {index}: {reason}"), "",
-                                      HOST, worker.process.pid or -1, None, duration)
-                yield CallOutcome(index, None, failure, duration)
-            else:  # we do not know which call killed it: run each one alone
-                log.warning("%s while running calls %s; running them again one by one",
-                            reason, [t[0] for t in batch])
-                singles.extend(batch)
-            replace(worker)
-
-        try:
-            while True:
-                for worker in list(workers):
-                    if not worker.busy and (pending or singles):
-                        dispatch(worker)
-                busy = [w for w in workers if w.busy]
-                if not busy:
-                    if (pending or singles) and not workers:
-                        raise RuntimeError("every worker process died and none could "
-                                           "be started again")
-                    break
-                wait_for = None
-                if timeout is not None:
-                    now = time.monotonic()
-                    wait_for = max(0.0, min(w.sent_at + timeout for w in busy) - now)
-                ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy],
-                             timeout=wait_for)
-                for worker in busy:
-                    if worker.conn in ready:
-                        try:
-                            kind, data = worker.conn.recv()
-                            if kind == "ready":  # a worker started without waiting
-                                worker.ready = True
-                                continue
-                        except (EOFError, OSError):
-                            yield from lost(worker, worker.death_reason(), WorkerDied)
-                            continue
-                        if kind == "init-error":
-                            worker.batch = None
-                            raise RuntimeError(
-                                "a worker process could not load the function and its "
-                                "arguments:\n" + data)
-                        worker.batch = None
-                        sizer.record_batch(data)
-                        yield data
-                    elif worker.process.sentinel in ready:
-                        yield from lost(worker, worker.death_reason(), WorkerDied)
-                    elif timeout is not None and time.monotonic() - worker.sent_at >= timeout:
-                        yield from lost(worker, f"timed out after {timeout:g} s "
-                                        "(the call was stopped and its worker replaced)",
-                                        CallTimeout)
-        finally:
-            # Workers still holding calls (interrupted run) cannot be trusted with the
-            # next map: stop them; the pool starts fresh ones when it is used again.
-            for worker in [w for w in workers if w.busy]:
-                pool.remove(worker)
 
     def describe(self) -> str:
         if self.pool is not None:
             return f"local backend with {self.n_workers} worker process(es) of a running pool"
         return f"local backend with {self.n_workers} worker process(es)"
+
+
+class _MapRun:
+    """One map on a pool's workers: dispatch batches, collect outcomes, replace
+    workers that die, and never let one worker's fate end the map."""
+
+    def __init__(self, pool: LocalPool, payload: bytes, tasks: list, n_workers: int,
+                 timeout: Optional[float]):
+        self.pool = pool
+        self.payload = payload
+        self.context_id = next(_context_ids)
+        self.timeout = timeout
+        self.workers = pool.workers[:n_workers]
+        self.pending = deque(tasks)
+        self.singles: deque = deque()  # calls of a batch whose worker died: rerun alone
+        self.sizer = BatchSizer(len(self.workers), one_at_a_time=timeout is not None)
+        self.stats = {"bytes_to_workers": 0, "messages_to_workers": 0,
+                      "workers_started": pool.started, "start_method": pool.start_method}
+
+    def dispatch(self, worker: _Worker) -> None:
+        from_singles = bool(self.singles)
+        if from_singles:
+            batch = [self.singles.popleft()]
+        else:
+            size = self.sizer.next_size(len(self.pending))
+            batch = [self.pending.popleft() for _ in range(min(size, len(self.pending)))]
+        try:
+            if worker.context_id != self.context_id:
+                self.stats["bytes_to_workers"] += worker.load(self.payload, self.context_id)
+                self.stats["messages_to_workers"] += 1
+            self.stats["bytes_to_workers"] += worker.send(batch)
+            self.stats["messages_to_workers"] += 1
+            worker.from_singles = from_singles
+        except (OSError, ValueError):  # e.g. BrokenPipeError: it died between calls
+            worker.batch, worker.from_singles = batch, from_singles
+            self.never_started(worker)
+
+    def never_started(self, worker: _Worker) -> None:
+        """``worker`` died before it took its batch: give the calls to another."""
+        batch = worker.batch
+        worker.batch = None
+        (self.singles if worker.from_singles else self.pending).extendleft(reversed(batch))
+        log.warning("worker process %s is gone (%s) before it started calls %s; they go "
+                    "to another worker", worker.process.pid, worker.death_reason(),
+                    [t[0] for t in batch])
+        self.replace(worker)
+
+    def replace(self, worker: _Worker) -> None:
+        """Put a new worker in the dead one's place (a few attempts)."""
+        index = self.workers.index(worker)
+        self.pool.remove(worker)
+        for _ in range(REPLACE_ATTEMPTS):
+            fresh = self.pool.add_worker()
+            self.pool.wait_ready(10.0, only=[fresh])
+            if fresh in self.pool.workers:
+                self.workers[index] = fresh
+                break
+        else:
+            del self.workers[index]
+        self.stats["workers_started"] = self.pool.started
+
+    def where(self, worker: _Worker) -> tuple:
+        return HOST, worker.process.pid or -1, None
+
+    def lost(self, worker: _Worker, reason: str, error_type: type) -> Iterator[CallOutcome]:
+        if error_type is WorkerDied and worker.taken.value < worker.sent:
+            self.never_started(worker)  # e.g. killed between two calls
+            return
+        batch = worker.batch or []
+        worker.batch = None
+        if len(batch) == 1:
+            index = batch[0][0]
+            duration = time.monotonic() - worker.sent_at
+            failure = CallFailure(index, error_type(f"call {index}: {reason}"), "",
+                                  *self.where(worker), duration)
+            yield CallOutcome(index, None, failure, duration)
+        else:  # we do not know which call killed it: run each one alone
+            log.warning("%s while running calls %s; running them again one by one",
+                        reason, [t[0] for t in batch])
+            self.singles.extend(batch)
+        self.replace(worker)
+
+    def receive(self, worker: _Worker) -> Iterator[tuple]:
+        """Read one message of ``worker``; yield the packed batch it completes."""
+        try:
+            data = worker.conn.recv_bytes()
+        except (EOFError, OSError):
+            yield from self.lost(worker, worker.death_reason(), WorkerDied)
+            return
+        try:
+            kind, body = pickle.loads(data)
+        except Exception as exc:  # noqa: BLE001 - one result this process cannot load
+            del data
+            yield from self.undecodable(worker, exc)
+            return
+        if kind == "ready":  # a worker started without waiting
+            worker.ready = True
+        elif kind == "init-error":
+            worker.batch = None
+            raise RuntimeError("a worker process could not load the function and its "
+                               "arguments:\n" + body)
+        elif kind == "items":
+            indices = [t[0] for t in worker.batch]
+            worker.batch, worker.resending = None, False
+            yield decode_items(body, indices, self.where(worker))
+        else:
+            worker.batch = None
+            self.sizer.record_batch(body)
+            yield body
+
+    def undecodable(self, worker: _Worker, exc: Exception) -> Iterator[tuple]:
+        """The batch (or, after a resend, its per-call parts) did not unpickle here:
+        ask the worker for each call's result on its own, so only the call(s) whose
+        result cannot be loaded fail."""
+        if not worker.resending and worker.tell(("resend", None)):
+            worker.resending = True
+            worker.sent_at = time.monotonic()
+            return
+        failed = [not_received(t[0], exc, 0.0, self.where(worker)) for t in worker.batch]
+        worker.batch, worker.resending = None, False
+        yield [], [], [], failed
+
+    def wait_time(self, busy: list) -> Optional[float]:
+        wait_for = None
+        if self.timeout is not None:
+            now = time.monotonic()
+            wait_for = max(0.0, min(w.sent_at + self.timeout for w in busy) - now)
+        if any(w.pidfd is None for w in busy):  # no pidfd: look at the process now and then
+            wait_for = 0.5 if wait_for is None else min(wait_for, 0.5)
+        return wait_for
+
+    def loop(self) -> Iterator[tuple]:
+        try:
+            while True:
+                for worker in list(self.workers):
+                    if not worker.busy and (self.pending or self.singles):
+                        self.dispatch(worker)
+                busy = [w for w in self.workers if w.busy]
+                if not busy:
+                    if not (self.pending or self.singles):
+                        break
+                    if not self.workers:
+                        raise RuntimeError("every worker process died and none could "
+                                           "be started again")
+                    continue  # a worker was replaced before it got its calls
+                ready = wait([w.conn for w in busy] + [w.death_fd for w in busy],
+                             timeout=self.wait_time(busy))
+                for worker in busy:
+                    if worker.conn in ready:
+                        yield from self.receive(worker)
+                    elif worker.death_fd in ready or (worker.pidfd is None
+                                                      and not worker.alive()):
+                        yield from self.lost(worker, worker.death_reason(), WorkerDied)
+                    elif (self.timeout is not None
+                          and time.monotonic() - worker.sent_at >= self.timeout):
+                        yield from self.lost(worker, f"timed out after {self.timeout:g} s "
+                                             "(the call was stopped and its worker "
+                                             "replaced)", CallTimeout)
+        finally:
+            for worker in self.workers:
+                if worker.busy:
+                    # Workers still holding calls (interrupted run) cannot be trusted
+                    # with the next map: stop them; the pool starts fresh ones later.
+                    self.pool.remove(worker)
+                else:  # let it drop the last batch it keeps for a resend
+                    worker.tell(("forget", None))
