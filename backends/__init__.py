@@ -153,12 +153,14 @@ def _why_not_slurm(func: Optional[Callable]) -> Optional[str]:
     launcher = next((v for v in _MPI_LAUNCH_VARIABLES if os.environ.get(v)), None)
     if launcher:
         return f"this process was started by an MPI launcher ({launcher} is set)"
-    from .slurm import function_problem, in_slurm_allocation, slurm_problem
+    from .slurm import (function_problem, in_slurm_allocation, job_python_problem,
+                        slurm_unusable_reason)
     if in_slurm_allocation():
         return (f"this process runs inside SLURM job "
                 f"{os.environ.get('SLURM_JOB_ID') or os.environ.get('SLURM_JOBID')}")
-    problem = slurm_problem()
-    if problem and problem.startswith("SLURM is not usable"):
-        return problem
-    problem = problem or (function_problem(func) if func is not None else None)
+    unusable = slurm_unusable_reason()
+    if unusable:
+        return f"SLURM is not usable here: {unusable}"
+    problem = job_python_problem()[0] or (function_problem(func) if func is not None
+                                          else None)
     return f"SLURM is usable here, but {problem}" if problem else None

@@ -173,30 +173,28 @@ def job_python_problem() -> tuple:
     ``has_cloudpickle`` whether functions sent by value can be loaded there. Checked
     once per process, interpreter, import path and folder.
     """
-    python, path = sys.executable, _python_path()
-    key = (python, path, os.getcwd())
+    key = (sys.executable, _python_path(), os.getcwd())
     if key not in _job_python:
-        if not python:
-            _job_python[key] = ("this process does not know its interpreter "
-                                "(sys.executable is empty)", False)
-            return _job_python[key]
-        env = dict(os.environ, PYTHONPATH=path)
-        try:
-            proc = subprocess.run([python, "-c", _JOB_IMPORTS], capture_output=True,
-                                  text=True, timeout=JOB_PYTHON_SECONDS, env=env,
-                                  stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired:
-            _job_python[key] = (f"{python} did not import mpi4py and acme within "
-                                f"{JOB_PYTHON_SECONDS:g} s", False)
-            return _job_python[key]
-        except OSError as exc:
-            _job_python[key] = (f"{python} cannot be started: {exc}", False)
-            return _job_python[key]
-        lines = (proc.stderr or "").strip().splitlines()
-        problem = None if proc.returncode == 0 else (
-            lines[-1] if lines else f"{python} exited with code {proc.returncode}")
-        _job_python[key] = (problem, "cloudpickle" in proc.stdout)
+        _job_python[key] = _try_job_imports(*key[:2])
     return _job_python[key]
+
+
+def _try_job_imports(python: str, path: str) -> tuple:
+    if not python:
+        return "this process does not know its interpreter (sys.executable is empty)", False
+    try:
+        proc = subprocess.run([python, "-c", _JOB_IMPORTS], capture_output=True,
+                              text=True, timeout=JOB_PYTHON_SECONDS, stdin=subprocess.DEVNULL,
+                              env=dict(os.environ, PYTHONPATH=path))
+    except subprocess.TimeoutExpired:
+        return (f"{python} did not import mpi4py and acme within {JOB_PYTHON_SECONDS:g} s",
+                False)
+    except OSError as exc:
+        return f"{python} cannot be started: {exc}", False
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines()
+        return (lines[-1] if lines else f"{python} exited with code {proc.returncode}"), False
+    return None, "cloudpickle" in proc.stdout
 
 
 def in_slurm_allocation() -> bool:
