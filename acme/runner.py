@@ -12,7 +12,7 @@ import time
 import warnings
 from typing import Any, Optional
 
-from .container import build_container, finish_single_file
+from .container import build_container, finish_single_file, remove_stale_temporaries
 from .dryrun import ask_to_continue, dry_run
 from .errors import CallFailure, ParallelMapError, failure_report
 from .layout import OutputLayout, default_output_dir, file_stem
@@ -213,6 +213,8 @@ def _start_state(pmap, layout: OutputLayout,
     done: dict[int, str] = {}
     if pmap.resume and state.exists():
         mode = _mode(pmap)
+        remove_stale_temporaries(layout.output_dir, layout.payload_dir, layout.parts_dir,
+                                 state.folder, state.failures_dir)
         done, damaged = verify_results(state, layout, mode, pmap.n_inputs,
                                        pmap.result_spec)
         state.damaged = damaged  # logged once the run's log is open

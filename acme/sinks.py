@@ -2,8 +2,11 @@
 so results are written where they were computed and only a small note (the file
 name) travels back to the scheduler.
 
-Every file appears complete or not at all: it is written under a temporary name in
-the same folder and renamed into place.
+Every file appears complete or not at all: it is built in memory (HDF5 files as an
+in-memory image, so that HDF5 itself never meets a full disk), written with checked
+counts into a new temporary file (``O_EXCL|O_NOFOLLOW``, an unpredictable name, in
+a folder opened without following links), closed, and only then renamed into
+place. A failed write is an OSError that names the file, and leaves nothing behind.
 """
 from __future__ import annotations
 
