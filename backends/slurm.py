@@ -49,6 +49,12 @@ variables, or register a configured backend::
     register_backend("slurm-2h", SlurmBackend.configured(time_limit="2:00:00"))
     ParallelMap(f, x, backend="slurm-2h")
 
+Before anything is measured, written or submitted, :meth:`SlurmBackend.check_can_run`
+makes sure the job can run: SLURM answers, this Python (the one the ranks run) imports
+mpi4py and acme, and the ranks can load the function; else RuntimeError or TypeError
+(``backend="auto"`` then runs locally and says why). A failure before a job exists
+leaves no job folder (only a refused job's ``job.sh`` stays in an output folder).
+
 Faults: a job that is cancelled, hits its time limit or fails raises
 :class:`SlurmJobError` naming the job id, its state and the SLURM output log; results
 already written stay on disk. Ctrl-C here cancels the job and waits until it is gone.
