@@ -84,6 +84,13 @@ def _split_length(value, default=EMPTY):
     return None
 
 
+def _one_element(value, default=EMPTY):
+    """An array of one element (shape (1,), (1, 1), ...): one call when no other
+    argument says how many."""
+    return (isinstance(value, np.ndarray) and not isinstance(default, np.ndarray)
+            and value.ndim >= 1 and value.size == 1)
+
+
 def expected_calls(func, args, kwargs, n_inputs):
     """What ParallelMap must do, worked out from the documented rules and by calling
     ``func`` directly: a list of return values, or None if it must refuse."""
@@ -97,6 +104,11 @@ def expected_calls(func, args, kwargs, n_inputs):
     kw_len = {k: _split_length(v, params[k].default if k in params else EMPTY)
               for k, v in kwargs.items()}
     candidates = [n for n in pos_len + list(kw_len.values()) if n is not None]
+    if n_inputs == "auto" and not candidates:  # only one-element arrays: one call
+        pos_len = [1 if _one_element(a) else None for a in args]
+        kw_len = {k: 1 if _one_element(v, params[k].default if k in params else EMPTY)
+                  else None for k, v in kwargs.items()}
+        candidates = [n for n in pos_len + list(kw_len.values()) if n is not None]
     if n_inputs == "auto":
         if len(set(candidates)) != 1:
             return None
@@ -111,7 +123,9 @@ def expected_calls(func, args, kwargs, n_inputs):
     def pick(value, length, i):
         if length != n:
             return value
-        return value.squeeze()[i] if isinstance(value, np.ndarray) else value[i]
+        if isinstance(value, np.ndarray):
+            return value.reshape(-1)[i] if value.size == 1 else value.squeeze()[i]
+        return value[i]
 
     results = []
     for i in range(n):
