@@ -350,8 +350,10 @@ class ParallelMap:
             With results on disk (default): the result file of each call, in input
             order (``[container]`` with ``single_file``); ``results_container`` names
             the container. With ``write_worker_results=False``: the return values in
-            input order, or one array of ``result_shape`` when it is given. None if
-            the user stopped after a dry run.
+            input order, or, with ``result_shape``, one array stacking every call's
+            first return value; when calls return several values, a list as
+            esi-acme gives it: that array, then the other return values of call 0,
+            of call 1, and so on. None if the user stopped after a dry run.
 
         Raises
         ------
