@@ -109,12 +109,33 @@ def test_a_killed_run_reads_only_the_calls_that_finished(tmp_path, kwargs):
         with pytest.raises(MissingResultError) as info:
             acme.load_call(out, i)
         assert info.value.calls == [i] and "not finished" in str(info.value)
+    check_stacked_and_status(out, kwargs)
+
+
+def check_stacked_and_status(out: Path, kwargs: dict) -> None:
     if "result_shape" in kwargs:
         with pytest.raises(MissingResultError) as info:
             acme.load_stacked(out)
         assert info.value.calls == list(range(KILLED_AT, N)), info.value
     code, stdout, _ = cli("status", out)
     assert code == 1 and re.search(rf"missing:\s+{N - KILLED_AT}\s", stdout), stdout
+
+
+@pytest.mark.parametrize("kwargs", [dict(result_shape=(None, 3), single_file=True),
+                                    dict(result_shape=(None, np.inf), single_file=True),
+                                    dict(single_file=True)])
+def test_a_killed_single_file_run_reads_its_unmerged_calls(tmp_path, kwargs):
+    """Calls with a second return value wait in part files for the merge: after a
+    kill they are read from there (the row itself may be in f.h5 already)."""
+    out = tmp_path / "out"
+    killed_run(out, kwargs, body="(np.arange(3.0) + 10 * x, np.array([x]))")
+    for i in range(KILLED_AT):
+        first, second = acme.load_call(out, i)
+        np.testing.assert_array_equal(first, row(i))
+        np.testing.assert_array_equal(second, [i])
+    with pytest.raises(MissingResultError):
+        acme.load_call(out, KILLED_AT)
+    check_stacked_and_status(out, kwargs)
 
 
 def test_a_resumed_killed_run_reads_everything(tmp_path):
