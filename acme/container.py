@@ -239,7 +239,8 @@ def create_single_file(layout: OutputLayout, n_calls: int,
     if resume and os.path.lexists(layout.container):
         return _existing_offset(layout, spec)
     offset = None
-    with _TempWriter(layout.container, sync=True) as out:
+    # (no fsync: it holds no result yet, and rows are not synced either)
+    with _TempWriter(layout.container) as out:
         out.write(_attrs_image(n_calls, out.name))
         if spec is not None and not spec.has_inf:
             need = int(np.prod(spec.full_shape(n_calls), dtype=np.int64)) * \
