@@ -261,6 +261,8 @@ def _single_file_values(run: _Run, index: int, part: Optional[str]) -> list:
                 group = h5f.get(f"comp_{index}") if not part else None
                 if group is not None:
                     values.extend(group[k][()] for k in _result_keys(group))
+    except MissingResultError:
+        raise
     except (OSError, KeyError, ValueError, RuntimeError) as exc:
         raise MissingResultError(f"the result of call {index} cannot be read from "
                                  f"{path}: {exc}", [index]) from None
@@ -532,6 +534,8 @@ def _result_0_of(run: _Run, index: int, path: str, data: bool):
                 value = _row(dset, spec.stack_axis, index) if data else None
             else:
                 value = dset[()] if data else None
+    except MissingResultError:
+        raise
     except (OSError, KeyError, ValueError, RuntimeError) as exc:
         raise MissingResultError(f"the result file of call {index} ({path}) is missing "
                                  f"or damaged: {exc}", [index]) from None

@@ -455,3 +455,12 @@ def test_after_a_kill_on_the_local_backend_every_read_is_a_result_or_refused(tmp
     assert info.value.calls == sorted(set(range(16)) - set(have))
     code, stdout, _ = cli("status", out)
     assert code == 1 and re.search(rf"done:\s+{len(have)}$", stdout, re.M), stdout
+
+
+def test_load_call_names_a_bad_index(tmp_path):
+    out = finished(tmp_path)
+    np.testing.assert_array_equal(acme.load_call(out, np.int64(2))[0], row(2))
+    for bad, kind in ((4, IndexError), (-1, IndexError), ("1", TypeError),
+                      (True, TypeError), (1.0, TypeError)):
+        with pytest.raises(kind, match="`index`"):
+            acme.load_call(out, bad)
