@@ -202,6 +202,12 @@ class RunState:
 
     def _holder_now(self) -> Optional[tuple]:
         """(holder text, whether it is complete) of a lock held now, or None."""
+        # under the guard: closing the probe's descriptor would drop a lock that
+        # another thread of this process took in the meantime
+        with _CLAIM_GUARD:
+            return self._probe()
+
+    def _probe(self) -> Optional[tuple]:
         if os.path.realpath(self.output_dir) in _CLAIMED:
             return _holder_text(), True
         try:

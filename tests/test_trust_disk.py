@@ -120,7 +120,8 @@ def status(out: Path, opts: dict, n: int) -> tuple:
     if opts.get("result_shape"):
         from acme.result_spec import ResultSpec
         spec = ResultSpec(tuple(opts["result_shape"]), "float")
-    return acme_state.verify_results(state, OutputLayout(str(out), "work"), mode_name(opts), n, spec)
+    return acme_state.verify_results(state, OutputLayout(str(out), "work"),
+                                     mode_name(opts), n, spec)
 
 
 class Proc:
@@ -211,6 +212,36 @@ def test_two_maps_started_at_once_on_one_new_folder_one_is_refused(tmp_path, bac
         assert_all_right(out, {}, 12, tag=100.0 * winners[0])
         assert len(RunState(str(out), "work").recorded_results()) == 12
     print(f"MEASURED {trials} trials of two simultaneous maps ({backend}): one refused each")
+
+
+def slow_row(x):
+    time.sleep(0.03)
+    return np.full(2, float(x))
+
+
+@pytest.mark.timeout(60)
+def test_two_maps_of_one_process_on_one_folder_one_is_refused(tmp_path):
+    """POSIX locks do not conflict within a process: two threads are caught too."""
+    import threading
+    out = tmp_path / "out"
+    results = []
+
+    def run():
+        try:
+            with ParallelMap(slow_row, list(range(10)), output_dir=str(out),
+                             backend="sequential", verbose=False) as pmap:
+                pmap.compute()
+            results.append("ok")
+        except Exception as exc:  # noqa: BLE001 - what the test looks at
+            results.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(r[:14] for r in results) == ["OutputDirInUse", "ok"], results
+    assert "pid" in [r for r in results if r != "ok"][0]
 
 
 @pytest.mark.timeout(240)
