@@ -198,6 +198,9 @@ def cmd_show(args) -> int:
     from .readers import find_container
     try:
         container = find_container(args.folder)
+    except FileNotFoundError as exc:
+        return _show_without_container(args.folder, exc)
+    try:
         status = _run_status_for_show(container)
         h5f = h5py.File(container, "r")
     except (FileNotFoundError, OSError) as exc:
@@ -217,6 +220,23 @@ def cmd_show(args) -> int:
             print(f"  calls without a result: {_ranges(missing)}")
         missing_files = _show_names(h5f, args.limit)
     return EXIT_INCOMPLETE if missing_files or missing else EXIT_OK
+
+
+def _show_without_container(folder: str, exc: Exception) -> int:
+    """An acme run stopped before its container was written: say what it has."""
+    folder = os.path.abspath(os.path.expanduser(folder))
+    if not (os.path.isdir(folder) and RunState(folder).exists()):
+        raise NotARun(f"{folder} is not an acme output folder or container: {exc}")
+    status = run_status(folder)
+    if status["mode"] == "pickle":
+        raise NotARun(f"{folder} holds a write_pickle run, which has no container "
+                      "(`acme status` lists its calls)")
+    print(f"{folder}: no container yet (the run was stopped before writing it; "
+          "resume=True writes it)")
+    missing = sorted(set(status["missing"]) | set(status["failed"]))
+    print(f"  calls with a result: {_ranges(status['done'])}")
+    print(f"  calls without a result: {_ranges(missing)}")
+    return EXIT_INCOMPLETE if missing else EXIT_OK
 
 
 def _show_names(h5f, limit: int) -> int:
