@@ -111,7 +111,7 @@ def python_without_mpi4py(tmp_path_factory) -> str:
         subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True,
                        capture_output=True, timeout=120)
         pip = subprocess.run([python, "-m", "pip", "install", "-q", "-e", str(REPO)],
-                             capture_output=True, text=True, timeout=400)
+                             capture_output=True, text=True, timeout=200)
     except (subprocess.SubprocessError, OSError) as exc:
         require(False, f"could not build a venv without mpi4py: {exc}")
     require(pip.returncode == 0, f"pip install into the venv failed: {pip.stderr[-2000:]}")
@@ -152,7 +152,7 @@ def venv_map(python: str, tmp_path: Path, kind: str, backend: str) -> ScriptResu
 
 
 # ------------------------------------------------ mpi4py missing in the job's Python
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(360)  # (the first test also builds the venv)
 @pytest.mark.parametrize("kind", ["memory", "files"])
 def test_auto_runs_locally_when_the_jobs_python_has_no_mpi4py(
         kind, tmp_path, slurm, python_without_mpi4py):
@@ -174,7 +174,7 @@ def test_auto_runs_locally_when_the_jobs_python_has_no_mpi4py(
     assert job_folders(tmp_path) == []
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(360)
 @pytest.mark.parametrize("kind", ["memory", "files"])
 def test_explicit_slurm_without_mpi4py_fails_before_anything_is_submitted(
         kind, tmp_path, slurm, python_without_mpi4py):
@@ -187,7 +187,7 @@ def test_explicit_slurm_without_mpi4py_fails_before_anything_is_submitted(
     assert sorted(os.listdir(tmp_path)) == ["err.txt", "map.py", "out.txt"]  # nothing else
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(360)
 def test_slurm_cluster_setup_without_mpi4py_fails_before_submitting(
         tmp_path, slurm, python_without_mpi4py):
     code = ("import acme\n"
