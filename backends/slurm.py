@@ -611,7 +611,7 @@ def slurm_problem() -> Optional[str]:
     """Why no job can be submitted from here or run its ranks (None: it can)."""
     unusable = slurm_unusable_reason()
     if unusable:
-        return f"SLURM is not usable here: {unusable}"
+        return f"SLURM is not usable ({unusable})"
     return job_python_problem()[0]
 
 
