@@ -215,7 +215,7 @@ def test_two_maps_started_at_once_on_one_new_folder_one_is_refused(tmp_path, bac
 
 
 def slow_row(x):
-    time.sleep(0.03)
+    time.sleep(0.1)
     return np.full(2, float(x))
 
 
@@ -225,8 +225,10 @@ def test_two_maps_of_one_process_on_one_folder_one_is_refused(tmp_path):
     import threading
     out = tmp_path / "out"
     results = []
+    barrier = threading.Barrier(2)
 
     def run():
+        barrier.wait()
         try:
             with ParallelMap(slow_row, list(range(10)), output_dir=str(out),
                              backend="sequential", verbose=False) as pmap:
