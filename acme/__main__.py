@@ -21,6 +21,7 @@ import sys
 from typing import Optional
 
 from .layout import OutputLayout
+from .readers import _parse_shape, _ranges as _index_ranges
 from .state import RunState, StateError, verify_results
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE = 0, 1, 2
@@ -42,20 +43,9 @@ def printable(text: object, keep: str = "") -> str:
                    for ch in text)
 
 
-def _ranges(indices: list[int]) -> str:
+def _ranges(indices) -> str:
     """``[0, 1, 2, 5, 7, 8]`` -> ``"0-2, 5, 7-8"``."""
-    parts, start, prev = [], None, None
-    for i in sorted(indices):
-        if start is None:
-            start = prev = i
-        elif i == prev + 1:
-            prev = i
-        else:
-            parts.append(f"{start}-{prev}" if prev > start else str(start))
-            start = prev = i
-    if start is not None:
-        parts.append(f"{start}-{prev}" if prev > start else str(start))
-    return ", ".join(parts) or "none"
+    return _index_ranges(indices) or "none"
 
 
 def _open_records(folder: str):
@@ -81,7 +71,6 @@ def _open_records(folder: str):
 
 def _spec_of(record: dict):
     """The run's ResultSpec (None without result_shape), from its record."""
-    from .readers import _parse_shape
     from .result_spec import ResultSpec
     settings = record.get("settings") or {}
     if settings.get("result_shape") is None:
