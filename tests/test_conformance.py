@@ -175,7 +175,9 @@ def test_every_mode_matches_the_reference(backend, tmp_path):
     """sequential: in this process; local: worker processes started per map."""
     start = time.perf_counter()
 
-    @hyp_settings(ci=30 if backend == "sequential" else 10, thorough=200)
+    # shrinking re-runs maps: cheap in this process, too slow with worker processes
+    @hyp_settings(ci=30 if backend == "sequential" else 10, thorough=200,
+                  shrink=backend == "sequential")
     @given(desc=map_descs())
     def check(desc):
         count(f"{backend}:examples")
@@ -196,7 +198,7 @@ def test_a_local_pool_reused_by_many_maps(tmp_path):
     start = time.perf_counter()
     pool = acme.local_cluster_setup(n_workers=2, interactive=False)
     try:
-        @hyp_settings(ci=10, thorough=80)
+        @hyp_settings(ci=10, thorough=80, shrink=False)
         @given(descs=st.lists(map_descs(), min_size=3, max_size=3),
                via_auto=st.booleans())
         def check(descs, via_auto):

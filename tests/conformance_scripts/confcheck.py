@@ -223,6 +223,8 @@ def _check_memory(desc, mode, out, results, values, failed) -> list[str]:
             continue
         if mode == "memory":
             found = difference(results[i], values[i], f"call {i}")
+        elif results[i] is None:
+            found = f"call {i} returns a value, but its result is None"
         else:  # the error's per-call results: compare the first value as stored
             first = results[i][0] if isinstance(results[i], tuple) else results[i]
             want = expected_stacked(desc, [values[i]])
