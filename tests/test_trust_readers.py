@@ -470,3 +470,16 @@ def test_load_call_names_a_bad_index(tmp_path):
                       (True, TypeError), (1.0, TypeError)):
         with pytest.raises(kind, match="`index`"):
             acme.load_call(out, bad)
+
+
+def test_esi_acme_folder_with_an_inf_axis_and_zero_length_calls(tmp_path):
+    out = tmp_path / "out"
+    lengths = [2, 0, 4]
+    with ParallelMap(ragged, lengths, output_dir=str(out), backend="sequential",
+                     result_shape=(None, np.inf), verbose=False) as pmap:
+        pmap.compute()
+    expected = acme.load_stacked(out)
+    as_esi_acme(out)
+    stacked = acme.load_stacked(out)
+    np.testing.assert_array_equal(stacked, expected)
+    assert stacked.shape == (3, 4) and np.isnan(stacked[1]).all()
