@@ -176,7 +176,7 @@ def test_every_mode_matches_the_reference(backend, tmp_path):
     start = time.perf_counter()
 
     # shrinking re-runs maps: cheap in this process, too slow with worker processes
-    @hyp_settings(ci=30 if backend == "sequential" else 10, thorough=200,
+    @hyp_settings(ci=25 if backend == "sequential" else 10, thorough=200,
                   shrink=backend == "sequential")
     @given(desc=map_descs())
     def check(desc):
@@ -198,7 +198,7 @@ def test_a_local_pool_reused_by_many_maps(tmp_path):
     start = time.perf_counter()
     pool = acme.local_cluster_setup(n_workers=2, interactive=False)
     try:
-        @hyp_settings(ci=10, thorough=80, shrink=False)
+        @hyp_settings(ci=8, thorough=80, shrink=False)
         @given(descs=st.lists(map_descs(), min_size=3, max_size=3),
                via_auto=st.booleans())
         def check(descs, via_auto):
@@ -230,7 +230,7 @@ def test_mpi_maps_under_mpiexec(tmp_path):
     start = time.perf_counter()
     script = SCRIPTS_DIR / "mpi_batch.py"
 
-    @hyp_settings(ci=5, thorough=25, shrink=False)
+    @hyp_settings(ci=4, thorough=25, shrink=False)
     @given(descs=st.lists(map_descs(), min_size=4, max_size=4))
     def check(descs):
         count("mpi:starts")
@@ -268,7 +268,7 @@ def test_a_slurm_pool_reused_by_many_maps(tmp_path):
                                     interactive=False)
     job_id = pool.job_id
     try:
-        @hyp_settings(ci=4, thorough=25, shrink=False)
+        @hyp_settings(ci=3, thorough=25, shrink=False)
         @given(descs=st.lists(map_descs(), min_size=2, max_size=2))
         def check(descs):
             count("slurm:examples")
