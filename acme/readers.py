@@ -633,8 +633,12 @@ def _stacked_esi(path: str) -> np.ndarray:
                 problems[k] = str(exc)
                 continue
             region = sources.region(k)
-            if region and data.size:
-                out[region] = data.reshape(out[region].shape)
+            try:
+                if region and data.size:
+                    out[region] = data.reshape(out[region].shape)
+            except ValueError:  # a layout this reader does not know: refuse it
+                problems[k] = (f"the data of source {k} ({data.shape}) does not fit its "
+                               f"place {region} in {container}")
     if problems:
         calls = sorted(problems)
         raise MissingResultError(f"the results of calls {_ranges(calls)} are missing "
