@@ -21,7 +21,7 @@ import sys
 from typing import Optional
 
 from .layout import OutputLayout
-from .readers import _parse_shape, _ranges as _index_ranges
+from .readers import _open_run, _ranges as _index_ranges
 from .state import RunState, StateError, verify_results
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE = 0, 1, 2
@@ -49,34 +49,15 @@ def _ranges(indices) -> str:
 
 
 def _open_records(folder: str):
-    """The run record, RunState and layout of the acme run in ``folder``."""
+    """The acme run in ``folder`` as the readers see it, and its record."""
     folder = os.path.abspath(os.path.expanduser(folder))
     if not os.path.isdir(folder):
         raise NotARun(f"no such folder: {folder}")
-    state = RunState(folder)
-    if not state.exists():
+    run = _open_run(folder)  # StateError if its records are damaged
+    if run is None:
         raise NotARun(f"{folder} is not an acme output folder (no .acme/run.json); "
                       "was it written by esi-acme or with write_worker_results=False?")
-    record = state.read()
-    try:
-        n_calls = int(record["n_calls"])
-        stem = str(record.get("stem") or str(record["function"]).rsplit(".", 1)[-1])
-        mode = str((record.get("settings") or {}).get("mode", "files"))
-        spec = _spec_of(record)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise StateError(f"the run record {state.run_file} is damaged ({exc!r})") from None
-    return folder, record, RunState(folder, stem), OutputLayout(folder, stem), mode, \
-        n_calls, spec
-
-
-def _spec_of(record: dict):
-    """The run's ResultSpec (None without result_shape), from its record."""
-    from .result_spec import ResultSpec
-    settings = record.get("settings") or {}
-    if settings.get("result_shape") is None:
-        return None
-    return ResultSpec(_parse_shape(settings["result_shape"]),
-                      settings.get("result_dtype") or "float")
+    return folder, run, run.state.read()
 
 
 def run_status(folder: str) -> dict:
@@ -85,8 +66,9 @@ def run_status(folder: str) -> dict:
     A call is done only when the run's journal records it and its file verifies;
     one the journal records whose file does not is missing too, and listed in
     ``damaged`` with the reason."""
-    folder, record, state, layout, mode, n_calls, spec = _open_records(folder)
-    done, damaged = verify_results(state, layout, mode, n_calls, spec)
+    folder, run, record = _open_records(folder)
+    state, mode, n_calls = run.state, run.mode, run.n_calls
+    done, damaged = verify_results(state, run.layout, mode, n_calls, run.spec)
     damaged = {i: why for i, why in damaged.items() if i < n_calls}
     failures = {i: f for i, f in state.failures().items()
                 if i not in done and i not in damaged and 0 <= i < n_calls}
