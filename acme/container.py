@@ -275,11 +275,14 @@ def _merge_parts(h5f, layout: OutputLayout, n_calls: int, spec: Optional[ResultS
     if spec is not None and not raw_rows:
         shapes = {i: stored[i].shape for i in h5_calls}
         full = _stacked_shape(spec, n_calls, shapes)
-        if "result_0" in h5f:
-            del h5f["result_0"]  # made up front but of size 0, or by an earlier merge
-        dset = h5f.create_dataset("result_0", shape=full, dtype=spec.dtype,
-                                  fillvalue=_fill_value(spec.dtype))
-        dset.attrs[ATTR_AXIS] = spec.stack_axis
+        if "result_0" in h5f and h5f["result_0"].shape == full:
+            dset = h5f["result_0"]  # made by an earlier merge: keep its rows
+        else:
+            if "result_0" in h5f:
+                del h5f["result_0"]  # made up front, but of size 0 (no storage)
+            dset = h5f.create_dataset("result_0", shape=full, dtype=spec.dtype,
+                                      fillvalue=_fill_value(spec.dtype))
+            dset.attrs[ATTR_AXIS] = spec.stack_axis
         for i in h5_calls:
             if i in parts:
                 with h5py.File(parts[i], "r") as part:

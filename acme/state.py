@@ -419,7 +419,8 @@ def _check_file(path: str, size: Optional[int], part: bool = False) -> Optional[
 
 
 def check_single_file(layout: OutputLayout, n_calls: int, spec=None) -> Optional[str]:
-    """Why the single result file cannot hold results, or None."""
+    """Why the single result file cannot hold results, or None (with ``spec``, its
+    result_0 must have the run's full shape)."""
     path = layout.container
     problem = _check_file(path, None, part=True)
     if problem and not problem.endswith("holds no result"):
@@ -438,6 +439,30 @@ def check_single_file(layout: OutputLayout, n_calls: int, spec=None) -> Optional
     return None
 
 
+def _check_single_file_call(layout: OutputLayout, n_calls: int, spec, path: str,
+                            size: Optional[int], single: list) -> Optional[str]:
+    """Why call's result in a single-file run is not usable, or None. Its row is in
+    ``f.h5`` when the journal names ``f.h5``, or names a part file without
+    ``result_0`` (the worker wrote the row into ``f.h5`` directly): then ``f.h5``
+    must be sound too (checked once, the answer kept in ``single``)."""
+    rows_in_file = path == layout.container
+    if not rows_in_file:
+        problem = _check_file(path, size, part=True)
+        if problem is not None:
+            return problem
+        import h5py
+        try:
+            with h5py.File(path, "r") as h5f:
+                rows_in_file = "result_0" not in h5f
+        except Exception as exc:  # noqa: BLE001
+            return f"result file {path} is damaged: {exc}"
+    if not rows_in_file:
+        return None
+    if not single:
+        single.append(check_single_file(layout, n_calls, spec))
+    return single[0]
+
+
 def verify_results(state: RunState, layout: OutputLayout, mode: str, n_calls: int,
                    spec=None) -> tuple[dict[int, str], dict[int, str]]:
     """The journal's calls, checked on disk.
@@ -452,8 +477,7 @@ def verify_results(state: RunState, layout: OutputLayout, mode: str, n_calls: in
     """
     done: dict[int, str] = {}
     damaged: dict[int, str] = {}
-    single_problem: Optional[str] = None
-    single_checked = False
+    single: list = []  # check_single_file's answer, once asked
     for index, (rel, size) in sorted(state.journal().items()):
         if index >= n_calls:
             damaged[index] = f"call {index} is not a call of this run ({n_calls} calls)"
@@ -463,15 +487,8 @@ def verify_results(state: RunState, layout: OutputLayout, mode: str, n_calls: in
             damaged[index] = f"the recorded file {path} is not where this run writes " \
                              f"call {index}"
             continue
-        problem = None
         if mode == "single_file" and not path.endswith(".pickle"):
-            if spec is not None and not spec.has_inf or path == layout.container:
-                if not single_checked:  # rows are in f.h5: it must be sound
-                    single_problem = check_single_file(layout, n_calls, spec)
-                    single_checked = True
-                problem = single_problem
-            if problem is None and path != layout.container:
-                problem = _check_file(path, size, part=True)
+            problem = _check_single_file_call(layout, n_calls, spec, path, size, single)
         else:
             problem = _check_file(path, size)
         if problem is None:

@@ -613,3 +613,32 @@ def test_temporary_names_are_unpredictable_and_never_opened_through_a_link(
     assert sorted(remove_stale_temporaries(str(folder))) == sorted([str(stale),
                                                                     str(old_style)])
     assert live.exists()
+
+
+@pytest.mark.timeout(180)
+def test_a_killed_single_file_run_whose_file_is_damaged_has_no_done_rows(tmp_path):
+    """Rows are written into f.h5 directly; a part file holds only the other values:
+    with f.h5 damaged, a call whose part is intact is still not done (even for a
+    reader that does not know the run's result_shape, like ``acme status``)."""
+    out = tmp_path / "out"
+    opts = dict(MODES["single_file+shape"], backend="sequential", n=300, delay=0.002)
+    proc = Proc(tmp_path, out, dict(opts))
+    _wait_for(lambda: (out / ".acme" / "done").exists() and
+              len(RunState(str(out), "work").journal()) >= 50, 60, proc)
+    os.killpg(proc.proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    journaled = RunState(str(out), "work").journal()
+    assert all(".work_parts/" in rel for rel, _ in journaled.values())
+    with open(out / "work.h5", "r+b") as fh:
+        fh.truncate(1000)
+    for spec in (None, "given"):
+        state = RunState(str(out), "work")
+        layout = OutputLayout(str(out), "work")
+        if spec is None:
+            done, damaged = acme_state.verify_results(state, layout, "single_file", 300)
+        else:
+            done, damaged = status(out, opts, 300)
+        assert not done and sorted(damaged) == sorted(journaled), (spec, done)
+    second = Proc(tmp_path, out, dict(opts, resume=True))
+    assert second.result(120) == "ok 300"
+    assert_all_right(out, MODES["single_file+shape"], 300)
