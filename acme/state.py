@@ -243,10 +243,13 @@ class RunState:
             base=self.output_dir)
 
     def clear_failure(self, index: int) -> None:
+        dfd = open_folder(self.failures_dir, base=self.output_dir)
         try:
-            os.remove(os.path.join(self.failures_dir, f"call_{index}.json"))
+            os.unlink(f"call_{index}.json", dir_fd=dfd)
         except FileNotFoundError:
             pass
+        finally:
+            os.close(dfd)
 
     def failures(self) -> dict[int, dict]:
         found = {}
