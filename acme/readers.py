@@ -387,7 +387,12 @@ def _load_call_esi(path: str, folder: str, index: int) -> Any:
         if pickled is None:
             raise
         return _read_pickle(pickled, index)
-    with h5py.File(container, "r") as h5f:
+    try:
+        h5f = h5py.File(container, "r")
+    except OSError as exc:
+        raise MissingResultError(f"the container {container} cannot be read: {exc}",
+                                 [index]) from None
+    with h5f:
         if index in {int(i) for i in h5f.attrs.get("acme_missing_calls", [])}:
             raise MissingResultError(f"call {index} has no result in {container}",
                                      [index])
@@ -400,7 +405,7 @@ def _load_call_esi(path: str, folder: str, index: int) -> Any:
             try:
                 group = h5f[name]
                 values.extend(group[k][()] for k in _result_keys(group))
-            except (KeyError, OSError) as exc:
+            except (OSError, KeyError, ValueError, RuntimeError) as exc:
                 link = h5f.get(name, getlink=True)
                 raise MissingResultError(
                     f"the result file of call {index} ("
