@@ -31,9 +31,9 @@ from fault_helpers import (SCRIPTS_DIR, check_outcome, profile, record, referenc
 from confmodel import DTYPES, FUNCTIONS
 from confrun import MODES, applicable, run_map
 
-pytestmark = pytest.mark.timeout(900)
-
 THOROUGH = profile() == "thorough"
+
+pytestmark = pytest.mark.timeout(3600 if THOROUGH else 900)
 
 
 def hyp_settings(ci: int, thorough: int, shrink: bool = True):

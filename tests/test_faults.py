@@ -34,7 +34,7 @@ from fault_helpers import (SCRIPTS_DIR, Proc, check_outcome, check_truthful,
                            descendants, group_members, kill_pids, logged_calls, pid_alive,
                            record, reference, scaled, wait_for, wait_gone)
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = pytest.mark.timeout(scaled(600, 3600))
 
 SEEDS = list(range(int(os.environ.get("ACME_FAULT_SEED_BASE", "0")),
                    int(os.environ.get("ACME_FAULT_SEED_BASE", "0")) + scaled(3, 12)))
