@@ -296,11 +296,6 @@ class RunState:
         finally:
             os.close(fd)
 
-    def mark_done(self, indices: list[int]) -> None:
-        """Single-file rows (earlier interface): ``record_results`` with the container."""
-        container = os.path.join(self.output_dir, f"{self.stem()}.h5")
-        self.record_results([(i, container, None) for i in indices])
-
     def stem(self) -> str:
         if self._stem is None:
             record = self.read()
