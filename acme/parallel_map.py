@@ -85,8 +85,10 @@ class ParallelMap:
         Where calls run: "auto" (default): MPI inside ``python -m acme.mpi_run``;
         else the running pool of :func:`acme.local_cluster_setup` /
         :func:`acme.slurm_cluster_setup` if there is one; else one SLURM job per
-        run where SLURM is usable and this process is not inside a job
-        (``ACME_AUTO_SLURM=0`` turns that off); else local processes. Or a name:
+        run where SLURM is usable, this process is not inside a job and the job
+        can run the map (mpi4py in this Python, a function the ranks can load;
+        ``ACME_AUTO_SLURM=0`` turns that off); else local processes. The choice and
+        its reason are logged. Or a name:
         "local", "sequential" (in this process, for debugging), "mpi", "slurm", any
         registered plug-in (:func:`acme.backends.registered_backends`); or a pool
         handle returned by one of the ``*_cluster_setup`` functions.
