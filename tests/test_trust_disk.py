@@ -198,8 +198,8 @@ def test_two_maps_started_at_once_on_one_new_folder_one_is_refused(tmp_path, bac
     trials = 5 if backend == "sequential" else 3
     for trial in range(trials):
         out = tmp_path / f"out{trial}"
-        start_at = time.time() + 3.0  # both are past their imports by then
-        opts = {"n": 12, "delay": 0.02, "backend": backend}
+        start_at = time.time() + 5.0  # both are past their imports by then
+        opts = {"n": 12, "delay": 0.15, "backend": backend}  # runs overlap for > 1 s
         if backend == "local":
             opts["n_workers"] = 2
         procs = [Proc(tmp_path, out, dict(opts, tag=100.0 * k), start_at) for k in (0, 1)]
