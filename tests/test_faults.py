@@ -413,10 +413,10 @@ def test_result_files_damaged_between_runs(tmp_path):
 # ================================================================== full disk
 @pytest.fixture
 def small_disk(tmp_path):
-    """A real 2 MB tmpfs (needs root); unmounted after the test."""
+    """A real 8 MB tmpfs (needs root; filled up by the test); unmounted after the test."""
     target = tmp_path / "disk"
     target.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(target)],
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(target)],
                           capture_output=True, text=True, timeout=30)
     require(proc.returncode == 0, f"cannot mount a tmpfs ({proc.stderr.strip()}); the "
             "full-disk scenario needs root")
@@ -465,6 +465,13 @@ def test_full_disk_then_resume(tmp_path, small_disk):
         if outcome["status"] == "ok":
             tally.counts["runs that fit"] = tally.counts.get("runs that fit", 0) + 1
         filler.unlink()
+        stat = os.statvfs(small_disk)
+        used = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+        tally.counts.setdefault("free kB before resume (min)", 10 ** 9)
+        tally.counts["free kB before resume (min)"] = min(
+            tally.counts["free kB before resume (min)"], stat.f_bavail * stat.f_frsize // 1024)
+        print(f"full disk seed {seed} ({mode}, {backend}, {n} calls): the run left "
+              f"{used // 1024} kB; {stat.f_bavail * stat.f_frsize // 1024} kB free for the resume")
         after_fault(tally, seed, base, desc, mode, out, ref, log, backend=backend,
                     allowed_failures=())
         import shutil
