@@ -60,7 +60,8 @@ def _load_script_on_worker(path: str) -> None:
     reference (``__main__.f``) are found here, and under its own name, which its
     functions carry when this rank pickles them again for others.
     """
-    module = types.ModuleType("__acme_worker__")
+    from .tasks import WORKER_SCRIPT_MODULE  # rank 0 aliases this name to __main__
+    module = types.ModuleType(WORKER_SCRIPT_MODULE)
     module.__file__ = path
     module.__builtins__ = __builtins__
     with open(path, "rb") as fh:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 import pickle
 import socket
+import sys
 import time
+import types
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -32,6 +34,26 @@ def _count_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_count_fork)
+
+
+#: The name under which MPI and SLURM workers load the user's script (acme.mpi_run).
+WORKER_SCRIPT_MODULE = "__acme_worker__"
+
+
+class _WorkerScriptAlias(types.ModuleType):
+    """``__acme_worker__`` in the process that runs the user's script: a worker that
+    loaded the script pickles its classes and functions (a returned dataclass, an
+    exception class) under that name; here they are the script's, in ``__main__``.
+    A worker replaces this alias with the module it loaded."""
+
+    def __getattr__(self, name: str) -> Any:
+        main = sys.modules.get("__main__")
+        if main is None or main is self or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(main, name)
+
+
+sys.modules.setdefault(WORKER_SCRIPT_MODULE, _WorkerScriptAlias(WORKER_SCRIPT_MODULE))
 
 
 def _leave_forked_child() -> None:

@@ -29,8 +29,8 @@ from typing import Iterator, Optional
 
 from acme.errors import CallTimeout
 from acme.sinks import SingleFileSink
-from acme.tasks import (CallOutcome, CallTask, WorkerContext, dumps, loads, pack_outcomes,
-                        sendable)
+from acme.tasks import (CallOutcome, CallTask, WorkerContext, decode_items, dumps,
+                        encode_batch, encode_items, loads, not_received, pack_outcomes)
 
 from .base import Backend, BatchSizer
 
@@ -80,13 +80,6 @@ def _run_with_alarm(context: WorkerContext, task: CallTask,
         signal.signal(signal.SIGALRM, previous)
 
 
-def _pickled(batch: tuple) -> bytes:
-    try:
-        return pickle.dumps(("outcomes", batch), protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:  # a value that does not pickle fails its own call only
-        return pickle.dumps(("outcomes", sendable(batch)), protocol=pickle.HIGHEST_PROTOCOL)
-
-
 def serve(comm, script_loaded: bool = True) -> None:
     """Body of a worker rank: serve jobs until rank 0 says stop."""
     while True:
@@ -102,24 +95,49 @@ def serve(comm, script_loaded: bool = True) -> None:
         except BaseException as exc:  # noqa: BLE001 - reported to rank 0
             error = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         # with this worker's host name, so rank 0 can say where calls were (multi-node)
-        comm.gather((error, socket.gethostname()), root=0)
+        comm.gather((error, socket.gethostname(), os.getpid()), root=0)
         if not comm.bcast(None, root=0):
             continue
         sink = context.sink
         if hasattr(sink, "collective_open"):
             sink.collective_open(comm)
-        while True:
-            message, _ = _receive(comm, 0, TAG_TO_WORKER, max_delay=0.001)
-            if message[0] == "end":
-                break
-            tasks = pickle.loads(message[1])
-            if timeout is None:
-                batch = context.run_batch(tasks)
-            else:
-                batch = pack_outcomes([_run_with_alarm(context, t, timeout) for t in tasks])
-            comm.send(_pickled(batch), dest=0, tag=TAG_TO_MASTER)
+        _serve_map(comm, context, timeout)
         if hasattr(sink, "collective_close"):
             sink.collective_close()
+
+
+def _serve_map(comm, context: WorkerContext, timeout: Optional[float]) -> None:
+    """Run one map's batches until rank 0 says "end".
+
+    Replies are ``(kind, number, pickled)``: ``"outcomes"`` for the batch numbered
+    ``number`` (counted from 1 per map), ``"items"`` when rank 0 could not unpickle
+    that batch and asked for it again call by call (``("resend", number)``); the
+    last PREFETCH batches are kept for that.
+    """
+    pid = os.getpid()
+    held: deque = deque(maxlen=PREFETCH)
+    number = 0
+    while True:
+        message, _ = _receive(comm, 0, TAG_TO_WORKER, max_delay=0.001)
+        if message[0] == "end":
+            return
+        if message[0] == "resend":
+            batch = next((b for n, b in held if n == message[1]), None)
+            comm.send(("items", message[1], pickle.dumps(
+                encode_items(batch), protocol=pickle.HIGHEST_PROTOCOL)),
+                dest=0, tag=TAG_TO_MASTER)
+            continue
+        number += 1
+        tasks = pickle.loads(message[1])
+        if timeout is None:
+            batch = context.run_batch(tasks)
+        else:
+            batch = pack_outcomes([_run_with_alarm(context, t, timeout) for t in tasks])
+        if os.getpid() != pid:  # a process forked by a call must never talk to rank 0
+            os._exit(0)
+        comm.send(("outcomes", number, encode_batch(batch, kind=None)), dest=0,
+                  tag=TAG_TO_MASTER)
+        held.append((number, batch))
 
 
 class MPIPool:
@@ -129,8 +147,10 @@ class MPIPool:
         self.comm = comm
         self.script_loaded = script_loaded
         self.workers = list(range(1, comm.size))
-        #: host name of each worker rank (as each worker reports it at a map's start)
+        #: host name and process id of each worker rank (as each worker reports them
+        #: at a map's start)
         self.hosts: dict = {}
+        self.pids: dict = {}
         self.closed = False
 
     def shutdown(self) -> None:
@@ -212,10 +232,12 @@ class MPIBackend(Backend):
         comm.bcast(payload, root=0)
         self.stats["bytes_to_workers"] += len(payload) * len(pool.workers)
         self.stats["messages_to_workers"] += len(pool.workers)
-        replies = comm.gather(None, root=0)[1:]  # (error or None, host) per worker rank
-        pool.hosts = {rank: host for rank, (_, host) in enumerate(replies, start=1)}
+        replies = comm.gather(None, root=0)[1:]  # (error or None, host, pid) per worker
+        pool.hosts = {rank: reply[1] for rank, reply in enumerate(replies, start=1)}
+        pool.pids = {rank: reply[2] for rank, reply in enumerate(replies, start=1)}
         self.stats["worker_hosts"] = dict(pool.hosts)
-        failed = [(rank, text) for rank, (text, _) in enumerate(replies, start=1) if text]
+        failed = [(rank, reply[0]) for rank, reply in enumerate(replies, start=1)
+                  if reply[0]]
         comm.bcast(not failed, root=0)
         if failed:
             rank, text = failed[0]
@@ -225,53 +247,83 @@ class MPIBackend(Backend):
         if hasattr(sink, "collective_open"):
             sink.collective_open(comm)
 
-        pending = deque(tasks)
-        # Each worker holds up to PREFETCH batches, so the next one is already queued
-        # when it finishes a call and no round trip is spent waiting for work.
-        # Rank 0 sends without blocking (isend): a blocking send of a large batch
-        # while that worker blocks sending its large results would deadlock.
-        in_flight: dict[int, deque] = {rank: deque() for rank in workers}
-        sends: list = []
-        sizer = BatchSizer(len(workers) * PREFETCH, one_at_a_time=timeout is not None)
-        try:
-            while pending or any(in_flight.values()):
-                for _ in range(PREFETCH):
-                    for rank in workers:
-                        if pending and len(in_flight[rank]) < PREFETCH:
-                            size = sizer.next_size(len(pending))
-                            batch = [pending.popleft()
-                                     for _ in range(min(size, len(pending)))]
-                            data = pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
-                            sends.append(comm.isend(("tasks", data), dest=rank,
-                                                    tag=TAG_TO_WORKER))
-                            self.stats["bytes_to_workers"] += len(data)
-                            self.stats["messages_to_workers"] += 1
-                            in_flight[rank].append(batch)
-                sends = [request for request in sends if not request.Test()]
-                message, rank = _receive(comm, -1, TAG_TO_MASTER, max_delay=0.001)
-                in_flight[rank].popleft()
-                kind, batch = pickle.loads(message)
-                sizer.record_batch(batch)
-                yield batch
-        except BaseException as exc:
-            held = {rank: [t[0] for batch in batches for t in batch]
-                    for rank, batches in in_flight.items() if batches}
-            where = ", ".join(f"rank {rank} on {pool.hosts.get(rank, '?')}"
-                              for rank in sorted(held))
-            message = (f"the MPI run was interrupted: calls "
-                       f"{sorted(i for calls in held.values() for i in calls)} were running "
-                       f"on worker ranks {sorted(held)} and {len(pending)} calls had not "
-                       f"started; their results are missing" + (f" ({where})" if where else ""))
-            log.error("%s", message)
-            if hasattr(exc, "add_note"):  # Python 3.11+: shown with the traceback, e.g.
-                exc.add_note(message)     # in the error a SLURM job reports home
-            raise
-        for request in sends:
-            request.wait()
+        yield from _schedule(comm, pool, workers, tasks, timeout, self.stats)
         for rank in pool.workers:
             comm.send(("end",), dest=rank, tag=TAG_TO_WORKER)
         if hasattr(sink, "collective_close"):
             sink.collective_close()
+
+
+def _schedule(comm, pool: MPIPool, workers: list, tasks: list, timeout: Optional[float],
+              stats: dict) -> Iterator[tuple]:
+    """Hand out the calls of one map and yield packed batches as they come back.
+
+    Each worker holds up to PREFETCH batches, so the next one is already queued when
+    it finishes a call and no round trip is spent waiting for work. Rank 0 sends
+    without blocking (isend): a blocking send of a large batch while that worker
+    blocks sending its large results would deadlock. A batch rank 0 cannot unpickle
+    is asked for again call by call, so only the calls whose result cannot be loaded
+    here fail.
+    """
+    pending = deque(tasks)
+    in_flight: dict[int, deque] = {rank: deque() for rank in workers}
+    resent: dict[int, deque] = {rank: deque() for rank in workers}  # asked again
+    sends: list = []
+    sizer = BatchSizer(len(workers) * PREFETCH, one_at_a_time=timeout is not None)
+    try:
+        while pending or any(in_flight.values()) or any(resent.values()):
+            for _ in range(PREFETCH):
+                for rank in workers:
+                    if pending and len(in_flight[rank]) < PREFETCH:
+                        size = sizer.next_size(len(pending))
+                        batch = [pending.popleft() for _ in range(min(size, len(pending)))]
+                        data = pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
+                        sends.append(comm.isend(("tasks", data), dest=rank,
+                                                tag=TAG_TO_WORKER))
+                        stats["bytes_to_workers"] += len(data)
+                        stats["messages_to_workers"] += 1
+                        in_flight[rank].append(batch)
+            sends = [request for request in sends if not request.Test()]
+            (kind, number, data), rank = _receive(comm, -1, TAG_TO_MASTER, max_delay=0.001)
+            where = (pool.hosts.get(rank, "?"), pool.pids.get(rank, -1), rank)
+            if kind == "items":
+                calls = [t[0] for t in resent[rank].popleft()]
+                try:
+                    yield decode_items(pickle.loads(data), calls, where)
+                except Exception as exc:  # noqa: BLE001 - even the parts do not load
+                    yield [], [], [], [not_received(i, exc, 0.0, where) for i in calls]
+                continue
+            sent = in_flight[rank].popleft()
+            try:
+                batch = pickle.loads(data)
+            except Exception:  # noqa: BLE001 - one result rank 0 cannot load
+                del data
+                sends.append(comm.isend(("resend", number), dest=rank, tag=TAG_TO_WORKER))
+                resent[rank].append(sent)
+                continue
+            sizer.record_batch(batch)
+            yield batch
+    except BaseException as exc:
+        _note_interrupted(exc, pool, in_flight, resent, len(pending))
+        raise
+    for request in sends:
+        request.wait()
+
+
+def _note_interrupted(exc: BaseException, pool: MPIPool, in_flight: dict, resent: dict,
+                      not_started: int) -> None:
+    """Log (and add to ``exc``) which calls were running where when a map stopped."""
+    held = {rank: [t[0] for batch in list(in_flight[rank]) + list(resent[rank])
+                   for t in batch]
+            for rank in in_flight if in_flight[rank] or resent[rank]}
+    where = ", ".join(f"rank {rank} on {pool.hosts.get(rank, '?')}" for rank in sorted(held))
+    message = (f"the MPI run was interrupted: calls "
+               f"{sorted(i for calls in held.values() for i in calls)} were running "
+               f"on worker ranks {sorted(held)} and {not_started} calls had not "
+               f"started; their results are missing" + (f" ({where})" if where else ""))
+    log.error("%s", message)
+    if hasattr(exc, "add_note"):  # Python 3.11+: shown with the traceback, e.g.
+        exc.add_note(message)     # in the error a SLURM job reports home
 
 
 class ParallelSingleFileSink(SingleFileSink):

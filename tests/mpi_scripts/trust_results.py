@@ -2,10 +2,11 @@
 
 usage: trust_results.py
 
-One map whose calls 3, 7, 11 and 15 raise an exception whose str() fails, raise an
+One map whose calls 50, 53, 57 and 61 raise an exception whose str() fails, raise an
 exception that cannot be rebuilt, return a value that fails to unpickle, and return a
 value whose unpickling raises MemoryError (a simulation of rank 0 running out of
-memory on one result); then a second map on the same ranks. Prints one line
+memory on one result); then a second map on the same ranks, returning instances of a
+class of this script. Prints one line
 ``TRUST {json}`` with the failed calls, their summaries and any wrong value.
 """
 import json
@@ -41,7 +42,7 @@ class NoMemory:
         return (_memory_error_on_load, ())
 
 
-BAD_CALLS = {3: "str", 7: "args", 11: "noload", 15: "nomemory"}
+BAD_CALLS = {50: "str", 53: "args", 57: "noload", 61: "nomemory"}
 
 
 def bad_results(x):
@@ -57,8 +58,15 @@ def bad_results(x):
     return x * 5
 
 
+class Point:
+    """A class of this script: workers pickle it as __acme_worker__.Point."""
+
+    def __init__(self, x):
+        self.x = x
+
+
 def plus_one(x):
-    return x + 1
+    return Point(x + 1)
 
 
 def main():
@@ -71,12 +79,13 @@ def main():
     except ParallelMapError as exc:
         str(exc)
         report["failed"] = exc.failed
+        report["messages"] = pmap.stats["messages_to_workers"]
         report["summaries"] = {i: exc.errors[i].summary for i in exc.failed}
         report["wrong"] = [i for i, x in enumerate(xs)
                            if i not in BAD_CALLS and exc.results[i] != x * 5]
     with ParallelMap(plus_one, list(range(10)), write_worker_results=False,
                      verbose=False, backend="mpi") as pmap:
-        report["second_map"] = pmap.compute()
+        report["second_map"] = [p.x for p in pmap.compute()]
     print("TRUST " + json.dumps(report), flush=True)
 
 
