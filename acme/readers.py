@@ -15,7 +15,8 @@ What counts as a result:
 - A folder written by esi-acme (no ``.acme``): what the container ``<func>.h5``
   itself names (its ``comp_{i}`` external links, its virtual dataset's sources),
   or, for ``write_pickle`` folders (no container), the files ``<func>_<i>.pickle``
-  found by their exact names.
+  found by their exact names. Those readers are in :mod:`acme.esi_folders`; this
+  module reads acme runs, holds the public functions and decides which applies.
 
 :func:`load_stacked` reads each call's file directly rather than through the
 container's virtual dataset: h5py silently returns fill values for a missing source,
@@ -305,14 +306,7 @@ def _load_call_acme(run: _Run, index: int) -> Any:
     return _read_values(path, index)
 
 
-# ------------------------------------------------------------------ esi-acme folders
-def _listdir(folder: str) -> list[str]:
-    try:
-        return os.listdir(folder)
-    except OSError:
-        return []
-
-
+# ------------------------------------------------------------------ the container
 def find_container(path: str) -> str:
     """The container file ``<func>.h5`` of a run's output folder.
 
@@ -347,135 +341,8 @@ def find_container(path: str) -> str:
             raise FileNotFoundError(f"the run in {path!r} has no container "
                                     f"{run.layout.container}")
         return run.layout.container
-    found = sorted(n for n in _listdir(path) if n.endswith(".h5") and not n.startswith(".")
-                   and os.path.isfile(os.path.join(path, n)))
-    if len(found) != 1:
-        raise FileNotFoundError(f"expected one container file (<func>.h5) in {path!r}, "
-                                f"found {found or 'none'}")
-    return os.path.join(path, found[0])
-
-
-def _esi_pickle(folder: str, index: int) -> Optional[str]:
-    """``<func>_<index>.pickle`` of an esi-acme write_pickle folder, by exact name;
-    None if the folder holds no such pickles at all."""
-    pattern = re.compile(r"^(.+)_(\d+)\.pickle$")
-    stems = {}
-    for name in _listdir(folder):
-        match = pattern.match(name)
-        if match:
-            stems.setdefault(match.group(1), set()).add(int(match.group(2)))
-    if not stems:
-        return None
-    if len(stems) > 1:
-        raise MissingResultError(f"{folder} holds pickles of several functions "
-                                 f"({sorted(stems)}): cannot tell which are results",
-                                 [index])
-    stem, indices = stems.popitem()
-    if index not in indices:
-        raise MissingResultError(f"call {index} has no result in {folder} (no "
-                                 f"{stem}_{index}.pickle)", [index])
-    return os.path.join(folder, f"{stem}_{index}.pickle")
-
-
-def _load_call_esi(path: str, folder: str, index: int) -> Any:
-    import h5py
-    index = _check_index(index, None)
-    try:
-        container = find_container(path)
-    except FileNotFoundError:
-        pickled = _esi_pickle(folder, index)
-        if pickled is None:
-            raise
-        return _read_pickle(pickled, index)
-    try:
-        h5f = h5py.File(container, "r")
-    except OSError as exc:
-        raise MissingResultError(f"the container {container} cannot be read: {exc}",
-                                 [index]) from None
-    with h5f:
-        if index in {int(i) for i in h5f.attrs.get("acme_missing_calls", [])}:
-            raise MissingResultError(f"call {index} has no result in {container}",
-                                     [index])
-        stacked = h5f.get("result_0")
-        values = []
-        if isinstance(stacked, h5py.Dataset):
-            values.append(_esi_row(container, h5f, index))
-        name = f"comp_{index}"
-        if name in h5f or h5f.get(name, getlink=True) is not None:
-            try:
-                group = h5f[name]
-                values.extend(group[k][()] for k in _result_keys(group))
-            except (OSError, KeyError, ValueError, RuntimeError) as exc:
-                link = h5f.get(name, getlink=True)
-                raise MissingResultError(
-                    f"the result file of call {index} ("
-                    f"{getattr(link, 'filename', container)}) is missing or "
-                    f"unreadable: {exc}", [index]) from None
-        if not values:
-            raise MissingResultError(f"call {index} has no result in {container}",
-                                     [index])
-        return values
-
-
-def _esi_row(container: str, h5f, index: int) -> np.ndarray:
-    """Call ``index``'s part of an esi-acme container's ``result_0``: a real row, or
-    read from the virtual dataset's source ``index`` (esi-acme adds one per call,
-    in call order) directly, so that a missing source is an error."""
-    dset = h5f["result_0"]
-    if not dset.is_virtual:
-        sel = [slice(None)] * dset.ndim
-        sel[int(dset.attrs.get("acme_stack_axis", 0))] = index
-        return dset[tuple(sel)]
-    sources = _VirtualSources(dset)
-    if index >= len(sources):
-        raise MissingResultError(f"call {index} has no result in {container}", [index])
-    _, data = sources.read(index, os.path.dirname(container))
-    return data
-
-
-class _VirtualSources:
-    """A virtual dataset's sources, one at a time, from its creation property list.
-
-    Not ``Dataset.virtual_sources()``: the list of every source's selection it
-    returns, while alive, makes every later ``h5py.File`` open and close cost time
-    proportional to the number of sources (DESIGN.md, section 7)."""
-
-    def __init__(self, dset):
-        self.dset = dset
-        self.plist = dset.id.get_create_plist()
-
-    def __len__(self) -> int:
-        return self.plist.get_virtual_count()
-
-    def region(self, k: int) -> tuple:
-        """Where source ``k`` lands in the virtual dataset (a tuple of slices)."""
-        import h5py
-        space = self.plist.get_virtual_vspace(k)
-        try:
-            start, stride, count, block = space.get_regular_hyperslab()
-        except (ValueError, RuntimeError):  # an empty selection: nothing to place
-            return ()
-        finally:
-            space.close()
-        region = []
-        for axis, (s, st, c, b) in enumerate(zip(start, stride, count, block)):
-            if c == h5py.h5s.UNLIMITED or b == h5py.h5s.UNLIMITED:
-                region.append(slice(s, self.dset.shape[axis]))
-            else:
-                region.append(slice(s, s + (c - 1) * st + b))
-        return tuple(region)
-
-    def read(self, k: int, folder: str) -> tuple[str, np.ndarray]:
-        """Source ``k``'s file and its data; MissingResultError if unreadable."""
-        import h5py
-        source = os.path.join(folder, self.plist.get_virtual_filename(k))
-        name = self.plist.get_virtual_dsetname(k)
-        try:
-            with h5py.File(source, "r") as src:
-                return source, src[name][()]
-        except (OSError, KeyError, ValueError, RuntimeError) as exc:
-            raise MissingResultError(f"the result file of call {k} ({source}) is missing "
-                                     f"or unreadable: {exc}", [k]) from None
+    from . import esi_folders  # (it imports from this module)
+    return esi_folders.container_in(path)
 
 
 # ------------------------------------------------------------------ public readers
@@ -514,7 +381,8 @@ def load_call(path: str, index: int) -> Any:
     run = _open_run(folder)
     if run is not None:
         return _load_call_acme(run, index)
-    return _load_call_esi(path, folder, index)
+    from . import esi_folders  # (it imports from this module)
+    return esi_folders.load_call(path, folder, index)
 
 
 def _result_0_of(run: _Run, index: int, path: str, data: bool):
@@ -613,44 +481,6 @@ def _raise_missing(run: _Run, problems: dict) -> None:
                              f"{run.layout.output_dir}: " + "; ".join(parts), calls)
 
 
-def _stacked_esi(path: str) -> np.ndarray:
-    """load_stacked for an esi-acme folder: the container's result_0, a virtual
-    dataset read source by source (each source opened directly)."""
-    import h5py
-    container = find_container(path)
-    with h5py.File(container, "r") as h5f:
-        if "result_0" not in h5f:
-            raise KeyError(f"{container} has no stacked dataset 'result_0'; it was "
-                           "written without result_shape (use load_call for each call)")
-        dset = h5f["result_0"]
-        missing = sorted(int(i) for i in h5f.attrs.get("acme_missing_calls", []))
-        if missing:
-            raise MissingResultError(f"calls {_ranges(missing)} have no result in "
-                                     f"{container}", missing)
-        if not dset.is_virtual:
-            return dset[()]
-        out = np.full(dset.shape, dset.fillvalue, dtype=dset.dtype)
-        sources, problems = _VirtualSources(dset), {}
-        for k in range(len(sources)):
-            try:
-                _, data = sources.read(k, os.path.dirname(container))
-            except MissingResultError as exc:
-                problems[k] = str(exc)
-                continue
-            region = sources.region(k)
-            try:
-                if region and data.size:
-                    out[region] = data.reshape(out[region].shape)
-            except ValueError:  # a layout this reader does not know: refuse it
-                problems[k] = (f"the data of source {k} ({data.shape}) does not fit its "
-                               f"place {region} in {container}")
-    if problems:
-        calls = sorted(problems)
-        raise MissingResultError(f"the results of calls {_ranges(calls)} are missing "
-                                 f"(e.g. {problems[calls[0]]})", calls)
-    return out
-
-
 def load_stacked(path: str, name: str = "result_0") -> np.ndarray:
     """The stacked result of every call as one numpy array.
 
@@ -694,4 +524,5 @@ def load_stacked(path: str, name: str = "result_0") -> np.ndarray:
                        "call)")
     if run is not None:
         return _stacked_acme(run)
-    return _stacked_esi(path)
+    from . import esi_folders
+    return esi_folders.load_stacked(path)
