@@ -50,7 +50,11 @@ class _WorkerScriptAlias(types.ModuleType):
         main = sys.modules.get("__main__")
         if main is None or main is self or name.startswith("__"):
             raise AttributeError(name)
-        return getattr(main, name)
+        value = getattr(main, name)
+        # only what the script defines (pickle.whichmodule must not find others here)
+        if getattr(value, "__module__", None) != "__main__":
+            raise AttributeError(name)
+        return value
 
 
 sys.modules.setdefault(WORKER_SCRIPT_MODULE, _WorkerScriptAlias(WORKER_SCRIPT_MODULE))
