@@ -144,6 +144,8 @@ def _log_parameters(pmap, backend, layout: Optional[OutputLayout]) -> None:
         "logfile", "backend_name", "timeout", "resume")}
     log.info("parameters: %s", ", ".join(f"{k}={v!r}" for k, v in params.items()),
              extra=FILE_ONLY)
+    if getattr(backend, "auto_choice", None):  # shown on the console when it was made
+        log.info("%s", backend.auto_choice, extra=FILE_ONLY)
 
 
 def _make_sink(pmap, backend, layout: Optional[OutputLayout]):
