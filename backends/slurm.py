@@ -63,8 +63,9 @@ With ``pool=`` (a :class:`~acme.backends.slurm_pool.SlurmPool` from
 :func:`acme.slurm_cluster_setup`) nothing is submitted: the calls go to the running
 allocation (see :mod:`acme.backends.slurm_pool`).
 
-The SLURM commands, partitions and job planning live in :mod:`acme.backends.slurm_site`
-(its public names are importable from here too).
+The SLURM commands, partitions and job planning live in :mod:`acme.backends.slurm_site`,
+what travels to the ranks (the work files, whether the ranks can load the function)
+in :mod:`acme.backends.slurm_work`; their public names are importable from here too.
 """
 from __future__ import annotations
 
@@ -72,8 +73,6 @@ import json
 import logging
 import multiprocessing
 import os
-import pickle
-import pickletools
 import random
 import shlex
 import shutil
@@ -94,8 +93,11 @@ from .slurm_site import (  # noqa: F401 - names of this module before the split
     SlurmSubmitError, _cancel, _job_record, _job_state, _key_values, _live_jobs,
     _log_tail, _parse_mb, _parse_minutes, _python_path, _sbatch_quote, _slurm,
     _wait_until_gone, choose_partition, in_slurm_allocation, job_error,
-    job_python_problem, plan_job, read_partitions, slurm_unusable_reason, slurm_usable,
-    submit, time_text, write_job_script)
+    plan_job, read_partitions, slurm_unusable_reason, slurm_usable, submit, time_text,
+    write_job_script)
+from .slurm_work import (  # noqa: F401 - names of this module before the split
+    _has_cloudpickle, function_problem, job_python_problem, main_script_problem,
+    script_to_load, write_work)
 
 log = logging.getLogger("acme")
 
@@ -566,108 +568,12 @@ def _stderr_is_terminal() -> bool:
     return bool(sys.stderr) and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
 
 
-def _has_cloudpickle() -> bool:
-    try:
-        import cloudpickle  # noqa: F401
-        return True
-    except ImportError:
-        return False
-
-
-def _describe(func) -> str:
-    """How messages name ``func``: a function, a partial of one, or an object."""
-    if hasattr(func, "__name__"):
-        return f"the function {func.__name__!r}"
-    inner = getattr(func, "func", None)
-    if inner is not None and hasattr(inner, "__name__"):
-        return f"the function {inner.__name__!r} (in a {type(func).__name__})"
-    return f"the callable object of class {type(func).__qualname__!r}"
-
-
-def main_script_problem(func, what: Optional[str] = None) -> tuple:
-    """``(script, problem)``: without cloudpickle what ``__main__`` defines travels by
-    reference, and the job loads ``script`` (without running its main block) on every
-    rank; ``problem`` says why it cannot (None: it can). ``what`` names the object
-    (default: the function)."""
-    from acme.mpi_run import has_main_guard
-    main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None)
-    what = what or _describe(func)
-    if not path or not os.path.isfile(path):
-        return None, (f"{what} was defined in an interactive session and cloudpickle "
-                      "is not importable here, so a SLURM job cannot load it; install "
-                      "cloudpickle (pip install cloudpickle) to send it by value, or "
-                      "define it in a module")
-    path = os.path.abspath(path)
-    if not has_main_guard(path):
-        return path, (f"{what} is defined in {path}, which has no `if __name__ == "
-                      "\"__main__\":` block, so a SLURM job cannot load it without "
-                      "running the whole script again; add that block, move it into a "
-                      "module, or install cloudpickle (pip install cloudpickle)")
-    return path, None
-
-
 def slurm_problem() -> Optional[str]:
     """Why no job can be submitted from here or run its ranks (None: it can)."""
     unusable = slurm_unusable_reason()
     if unusable:
         return f"SLURM is not usable ({unusable})"
     return job_python_problem()[0]
-
-
-def function_problem(func) -> Optional[str]:
-    """Why the ranks of a job started from here could not load ``func`` (None: they
-    can), judged as :func:`write_work` sends it."""
-    if _has_cloudpickle():
-        if not job_python_problem()[1]:
-            return (f"the function travels by value (cloudpickle), but cloudpickle is "
-                    f"not importable in {sys.executable} as the job runs it")
-        return None
-    try:
-        by_reference = pickle.dumps(func, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception as exc:  # (ParallelMap refuses such a function earlier)
-        return f"the function cannot be pickled ({exc}) and cloudpickle is not importable"
-    return main_script_problem(func)[1] if _refers_to_main(by_reference) else None
-
-
-def script_to_load(func) -> Optional[str]:
-    """The ``__main__`` script the ranks must load to find ``func`` (None: none)."""
-    if _has_cloudpickle() or not _refers_to_main(pickle.dumps(func)):
-        return None
-    return main_script_problem(func)[0]
-
-
-def write_work(folder: str, context: WorkerContext, tasks: list) -> Optional[str]:
-    """Write ``context.pkl`` and ``tasks.pkl`` into ``folder``; return the ``__main__``
-    script the job's ranks have to load (None: nothing to load: the function travels
-    by value with cloudpickle, or lives in an importable module)."""
-    by_value = _has_cloudpickle()
-    context_bytes = dumps(context, "The function or one of its constant arguments",
-                          by_value=by_value)
-    tasks_bytes = dumps(tasks, "A varying argument", by_value=by_value)
-    main_script = None
-    if not by_value and (_refers_to_main(context_bytes) or _refers_to_main(tasks_bytes)):
-        what = None if _refers_to_main(pickle.dumps(context.func)) else \
-            "an argument of the map (of a class defined in __main__)"
-        path, problem = main_script_problem(context.func, what)
-        if problem:
-            raise TypeError(problem[0].upper() + problem[1:])
-        main_script = path
-    with open(os.path.join(folder, CONTEXT_FILE), "wb") as fh:
-        fh.write(context_bytes)
-    with open(os.path.join(folder, TASKS_FILE), "wb") as fh:
-        fh.write(tasks_bytes)
-    return main_script
-
-
-def _refers_to_main(data: bytes) -> bool:
-    """Whether a pickle names something of ``__main__`` (a function, a class, or a
-    partial of one), which the ranks can only find by loading the script."""
-    if b"__main__" not in data:  # fast: most pickles never mention it
-        return False
-    return any(arg == "__main__" or (op.name in ("GLOBAL", "INST") and
-                                     str(arg).startswith("__main__ "))
-               for op, arg, _ in pickletools.genops(data))
 
 
 def start_allocation(**kwargs):

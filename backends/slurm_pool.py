@@ -50,12 +50,13 @@ from acme.slurm_job import (ALIVE_FILE, JOB_FILE, OUTCOMES_FILE, READY_FILE, STO
                             RecordReader, map_folder)
 from acme.tasks import CallTask, WorkerContext
 
-from .slurm import _has_cloudpickle, write_work
 from .slurm_site import (END_GRACE_SECONDS, WAITING_STATES, SlurmJobError,
                          SlurmSetupTimeout, _cancel, _job_record, _job_state, _live_jobs,
-                         _log_tail, _wait_until_gone, job_error, job_python_problem,
+                         _log_tail, _wait_until_gone, job_error,
                          plan_job, slurm_unusable_reason, submit, time_text,
                          write_job_script)
+from .slurm_work import (_has_cloudpickle, function_problem, job_python_problem,
+                         script_to_load, write_work)
 
 log = logging.getLogger("acme")
 
@@ -253,7 +254,6 @@ class SlurmPool:
     # ------------------------------------------------------------ maps
     def function_problem(self, func) -> Optional[str]:
         """Why the pool's ranks could not load ``func`` (None: they can)."""
-        from .slurm import function_problem, script_to_load
         problem = function_problem(func)
         if problem:
             return problem

@@ -6,7 +6,8 @@ jobs this process has submitted (cancelled when it ends).
 Used by the ``slurm`` backend (:mod:`acme.backends.slurm`: one job per run) and by
 SLURM worker pools (:mod:`acme.backends.slurm_pool`: one job serving many runs).
 Nothing here knows about calls or results (the memory dry run that measures what a
-call needs is the backend's).
+call needs is the backend's; what travels to the ranks, and whether the ranks' Python
+can load it, is :mod:`acme.backends.slurm_work`'s).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ log = logging.getLogger("acme")
 
 __all__ = ["SlurmSubmitError", "SlurmJobError", "SlurmSetupTimeout", "PartitionInfo",
            "read_partitions", "choose_partition", "slurm_usable", "slurm_unusable_reason",
-           "in_slurm_allocation", "job_python_problem",
+           "in_slurm_allocation",
            "plan_job", "write_job_script", "submit", "job_error",
            "ACTIVE_STATES", "WAITING_STATES"]
 
@@ -136,65 +137,6 @@ def slurm_usable(refresh: bool = False) -> bool:
     """Whether SLURM can take jobs from here: ``sbatch`` is on PATH and ``sinfo``
     answers (checked once per process unless ``refresh``)."""
     return slurm_unusable_reason(refresh) is None
-
-
-# What every rank of a job imports first (mpi4py without starting MPI: this runs on
-# the submitting machine, outside any MPI launcher).
-_JOB_IMPORTS = """
-import sys
-try:
-    import mpi4py
-    mpi4py.rc.initialize = mpi4py.rc.finalize = False
-    from mpi4py import MPI
-except BaseException as exc:
-    sys.exit(f"mpi4py is not importable in {sys.executable} ({type(exc).__name__}: {exc})")
-try:
-    import acme.slurm_job, acme.backends.mpi, acme.sinks
-except BaseException as exc:
-    sys.exit(f"acme is not importable in {sys.executable} with the job's PYTHONPATH "
-             f"({type(exc).__name__}: {exc})")
-try:
-    import cloudpickle
-    print("cloudpickle")
-except ImportError:
-    pass
-"""
-_job_python: dict = {}
-JOB_PYTHON_SECONDS = 60.0
-
-
-def job_python_problem() -> tuple:
-    """``(problem, has_cloudpickle)`` of the Python a job's ranks run.
-
-    The ranks run this interpreter (``sys.executable``, the same path on the compute
-    nodes) with this process's environment (``sbatch`` exports it) and the job
-    script's PYTHONPATH: that interpreter is started here the same way and imports
-    what a rank imports first. ``problem`` says what failed (None: nothing);
-    ``has_cloudpickle`` whether functions sent by value can be loaded there. Checked
-    once per process, interpreter, import path and folder.
-    """
-    key = (sys.executable, _python_path(), os.getcwd())
-    if key not in _job_python:
-        _job_python[key] = _try_job_imports(*key[:2])
-    return _job_python[key]
-
-
-def _try_job_imports(python: str, path: str) -> tuple:
-    if not python:
-        return "this process does not know its interpreter (sys.executable is empty)", False
-    try:
-        proc = subprocess.run([python, "-c", _JOB_IMPORTS], capture_output=True,
-                              text=True, timeout=JOB_PYTHON_SECONDS, stdin=subprocess.DEVNULL,
-                              env=dict(os.environ, PYTHONPATH=path))
-    except subprocess.TimeoutExpired:
-        return (f"{python} did not import mpi4py and acme within {JOB_PYTHON_SECONDS:g} s",
-                False)
-    except OSError as exc:
-        return f"{python} cannot be started: {exc}", False
-    if proc.returncode != 0:
-        lines = proc.stderr.strip().splitlines()
-        return (lines[-1] if lines else f"{python} exited with code {proc.returncode}"), False
-    return None, "cloudpickle" in proc.stdout
 
 
 def in_slurm_allocation() -> bool:
