@@ -161,6 +161,14 @@ def test_call_that_forks_on_the_sequential_backend(tmp_path):
     assert not result.leftovers, result
 
 
+def test_call_that_forks_under_mpi(tmp_path):
+    result = run_mpi("trust_fork.py", 3, timeout=60, cwd=str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = [ln for ln in result.stdout.splitlines() if ln.startswith("FORK ")]
+    assert lines == ["FORK " + json.dumps([x * 3 for x in range(30)])], (
+        result.stdout + result.stderr)
+
+
 # ------------------------------------------------- item 13: workers killed from outside
 def short_call(x):
     time.sleep(0.0005)
