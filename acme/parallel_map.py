@@ -333,10 +333,14 @@ class ParallelMap:
         if pool is not None:
             backend = backend_class(n_workers=n_workers, pool=pool, **options)
         elif name == "local" and self.stop_client is False:
-            # stop_client=False: the workers this map starts stay up for later maps
+            # stop_client=False: the workers stay up for later maps, which then use
+            # them too (rather than each starting and leaving a pool of its own)
             from .backends.local import LocalPool, usable_cores
-            own = _register(LocalPool(n_workers or usable_cores(),
-                                      self.setup_timeout or 60.0))
+            from .clusters import current_pool
+            own = current_pool()
+            wanted = n_workers or usable_cores()
+            if not isinstance(own, LocalPool) or own.n_workers < wanted:
+                own = _register(LocalPool(wanted, self.setup_timeout or 60.0))
             backend = backend_class(n_workers=n_workers, pool=own, **options)
         else:
             backend = backend_class(n_workers=n_workers, **options)

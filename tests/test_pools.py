@@ -529,3 +529,46 @@ def test_script_functions_without_cloudpickle_on_a_job_and_on_a_pool(tmp_path, s
     assert "JOB [2, 5, 10]" in result.stdout, str(result)
     assert f"LOADED {script}" in result.stdout and "POOL [17, 26]" in result.stdout
     assert not squeue_ids(tmp_path)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["local_cluster_setup", "stop_client=False"])
+def test_a_script_that_leaves_its_pool_running_still_exits(how):
+    """Without cluster_cleanup() at the end, the pool is stopped at exit: the script
+    must not hang in multiprocessing's exit handler waiting for the workers."""
+    start = "acme.local_cluster_setup(n_workers=2, interactive=False)" \
+        if how == "local_cluster_setup" else "pass"
+    keep = ", stop_client=False" if how == "stop_client=False" else ""
+    code = f"""
+import acme
+from acme import ParallelMap
+def twice(x):
+    return 2 * x
+if __name__ == "__main__":
+    {start}
+    with ParallelMap(twice, [1, 2, 3], write_worker_results=False, backend="auto"{keep}) as pmap:
+        print(pmap.compute())
+    print("WORKERS", *sorted(w.process.pid for w in acme.clusters.current_pool().workers))
+"""
+    result = run_script(code, timeout=30, env={"ACME_AUTO_SLURM": "0"})
+    assert result.returncode == 0, result
+    assert "[2, 4, 6]" in result.stdout
+    pids = [int(p) for p in result.stdout.split("WORKERS", 1)[1].split()]
+    assert len(pids) == 2 and wait_dead(pids)
+
+
+@pytest.mark.timeout(60)
+def test_stop_client_false_maps_with_backend_local_share_one_pool():
+    """backend="local", stop_client=False: later maps use the workers the first one
+    left running, instead of each starting (and leaking) a pool of its own."""
+    pools = []
+    for _ in range(3):
+        with ParallelMap(whoami, list(range(6)), write_worker_results=False,
+                         backend="local", n_workers=2, stop_client=False) as pmap:
+            pmap.compute()
+        pools.append(clusters.current_pool())
+    assert pools[0] is pools[1] is pools[2] and not pools[0].closed
+    assert len(clusters._pools) == 1
+    pids = pool_pids(pools[0])
+    acme.cluster_cleanup()
+    assert wait_dead(pids)
