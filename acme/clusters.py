@@ -12,7 +12,6 @@ itself and leaves the user's; ``True`` stops both; ``False`` leaves both running
 """
 from __future__ import annotations
 
-import atexit
 import logging
 import sys
 from typing import Any, Optional, Union
@@ -26,24 +25,8 @@ _pools: list = []  # running pools, most recent last
 
 
 def _register(pool: Any) -> Any:
-    if not _pools and not getattr(_register, "at_exit", False):
-        # Registered after multiprocessing's own exit handler, so it runs first:
-        # that handler waits for every worker process, which a running pool's
-        # workers never end by themselves (the script would hang at exit).
-        atexit.register(_close_pools_at_exit)
-        _register.at_exit = True
     _pools.append(pool)
     return pool
-
-
-def _close_pools_at_exit() -> None:
-    """Stop the pools the script left running (no cluster_cleanup at its end)."""
-    for pool in reversed(_pools):
-        try:
-            pool.close()
-        except Exception as exc:  # noqa: BLE001 - exiting: say so, stop the others
-            log.warning("could not stop %r at exit: %s", pool, exc)
-    _pools.clear()
 
 
 def current_pool() -> Optional[Any]:

@@ -19,6 +19,7 @@ task. Here each worker is a process with its own pipe:
 """
 from __future__ import annotations
 
+import atexit
 import ctypes  # loaded here once, so forked workers do not each import it
 import itertools
 import logging
@@ -31,6 +32,7 @@ import sys
 import threading
 import time
 import traceback
+import weakref
 from collections import deque
 from multiprocessing.connection import wait
 from typing import Iterator, Optional
@@ -286,6 +288,29 @@ class _Worker:
             self.pidfd = None
 
 
+_running_pools: "weakref.WeakSet[LocalPool]" = weakref.WeakSet()
+_stop_registered = False
+
+
+def _stop_at_exit(pool: "LocalPool") -> None:
+    """Stop ``pool`` when Python exits, if the script left it running.
+
+    Registered after multiprocessing's own exit handler (imported above), so it runs
+    first: that handler waits for every worker process, which a running pool's
+    workers never end by themselves (the script would hang at exit)."""
+    global _stop_registered
+    if not _stop_registered:
+        atexit.register(_stop_running_pools)
+        _stop_registered = True
+    _running_pools.add(pool)
+
+
+def _stop_running_pools() -> None:
+    for pool in list(_running_pools):
+        pool.close()
+    _running_pools.clear()
+
+
 class LocalPool:
     """Worker processes on this machine that outlive one map.
 
@@ -304,6 +329,7 @@ class LocalPool:
 
     def __init__(self, n_workers: int, setup_timeout: float = 60.0, wait: bool = True):
         self.mp = multiprocessing.get_context(_start_method())
+        _stop_at_exit(self)
         self.n_workers = n_workers
         self.workers: list[_Worker] = []
         self.started = 0
