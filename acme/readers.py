@@ -432,8 +432,7 @@ def _stacked_acme(run: _Run) -> np.ndarray:
                 problems[i] = f"call {i}'s values were pickled: read them with load_call"
         except MissingResultError as exc:
             problems[i] = str(exc)
-    _raise_missing(run, problems)
-    if paths and set(paths.values()) == {run.layout.container} \
+    if not problems and paths and set(paths.values()) == {run.layout.container} \
             and not run.single_file_problem():
         import h5py
         with h5py.File(run.layout.container, "r") as h5f:  # every row merged: read all
@@ -445,6 +444,8 @@ def _stacked_acme(run: _Run) -> np.ndarray:
     def each(data: bool) -> dict:
         found = {}
         for i, path in paths.items():
+            if i in problems:
+                continue
             try:
                 found[i] = _result_0_of(run, i, path, data)
             except MissingResultError as exc:
@@ -452,6 +453,8 @@ def _stacked_acme(run: _Run) -> np.ndarray:
         _raise_missing(run, problems)
         return found
 
+    if problems:  # check the other calls too, so that the error names every one
+        each(False)
     inf_length = None
     if spec.has_inf:
         axis = [k for k, e in enumerate(spec.call_shape) if e == np.inf][0]

@@ -144,6 +144,23 @@ def test_a_killed_single_file_run_reads_its_unmerged_calls(tmp_path, kwargs):
     check_stacked_and_status(out, kwargs)
 
 
+def test_a_killed_single_file_run_with_a_damaged_file_names_every_missing_call(tmp_path):
+    """The rows of the calls that finished are in f.h5 (their other values in part
+    files): with f.h5 damaged, load_stacked must name those calls too, not only the
+    ones that never finished (seen under MPI after a rank was killed)."""
+    out = tmp_path / "out"
+    kwargs = dict(result_shape=(None, 3), single_file=True)
+    killed_run(out, kwargs, body="(np.arange(3.0) + 10 * x, np.array([x]))")
+    with open(out / "row.h5", "r+b") as fh:  # the HDF5 signature gone: unreadable
+        fh.write(b"\0" * 8)
+    with pytest.raises(MissingResultError) as info:
+        acme.load_stacked(out)
+    assert info.value.calls == list(range(N)), info.value
+    for i in range(KILLED_AT):
+        with pytest.raises(MissingResultError):
+            acme.load_call(out, i)
+
+
 def test_a_resumed_killed_run_reads_everything(tmp_path):
     out = tmp_path / "out"
     killed_run(out, dict(result_shape=(None, 3), single_file=True))
