@@ -201,7 +201,8 @@ def _fingerprint_checked(pmap, layout: OutputLayout, state: RunState) -> dict:
         diffs = describe_difference(state.read(), new)
         if diffs:
             raise StateError(
-                f"resume=True refused: {layout.output_dir} holds a different run: "
+                f"resume=True refused: {layout.output_dir} holds a run that cannot be taken "
+                f"as this one: "
                 + "; ".join(diffs) + ". Use a new output_dir for a new run.")
     return new
 
