@@ -136,18 +136,10 @@ class ScriptResult:
                 f"--- stdout ---\n{self.stdout}\n--- stderr ---\n{self.stderr}")
 
 
-def _group_alive(pgid: int) -> bool:
-    """Whether a live (non-zombie) process is still in process group ``pgid``."""
-    proc = Path("/proc")
-    if not proc.is_dir():  # not Linux: ask the kernel (zombies count as alive)
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    for entry in proc.iterdir():
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of process group ``pgid`` (Linux: read from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
@@ -157,8 +149,21 @@ def _group_alive(pgid: int) -> bool:
         # fields after "(comm)": state ppid pgrp ...
         fields = stat[stat.rindex(")") + 2:].split()
         if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            found.append(int(entry.name))
+    return found
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a live (non-zombie) process is still in process group ``pgid``."""
+    if not Path("/proc").is_dir():  # not Linux: ask the kernel (zombies count as alive)
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
             return True
-    return False
+        return True
+    return bool(group_members(pgid))
 
 
 def _kill_group(pgid: int) -> None:

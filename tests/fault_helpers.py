@@ -24,6 +24,7 @@ SCRIPTS_DIR = TESTS_DIR / "conformance_scripts"
 if str(SCRIPTS_DIR) not in sys.path:
     sys.path.insert(0, str(SCRIPTS_DIR))
 
+from conftest import group_members  # noqa: E402,F401
 from confcheck import (check_disk, check_outcome, check_readers,  # noqa: E402,F401
                        check_status, difference, model_calls, reference,
                        split_arguments)
@@ -129,22 +130,6 @@ def run_group(cmd: list, timeout: float, cwd=None, env=None):
         out.seek(0)
         err.seek(0)
         return code, out.read(), err.read(), left
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of process group ``pgid``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            found.append(int(entry.name))
-    return found
 
 
 def wait_group_gone(pgid: int, seconds: float) -> list[int]:
