@@ -70,12 +70,32 @@ def run_mpi(script: str, ranks: int, *args: str, timeout: float = 60.0,
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        _kill_launch(proc.pid)
         out, err = proc.communicate()
         pytest.fail(f"{' '.join(cmd)} did not end within {timeout} s (killed)\n"
                     f"--- stdout ---\n{out}\n--- stderr ---\n{err}")
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            _kill_launch(proc.pid)
             proc.wait()
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _kill_launch(pid: int) -> None:
+    """Kill mpiexec ``pid``, its process group and every process below it, by PID:
+    Open MPI starts the ranks in process groups of their own, so killing mpiexec's
+    group alone can leave ranks (and processes they forked) running."""
+    import psutil
+    try:
+        below = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        below = []
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for child in below:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
