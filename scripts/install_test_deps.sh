@@ -65,7 +65,8 @@ fi
 # --no-build-isolation they must already satisfy h5py's pyproject.toml (h5py 3.16 needs
 # setuptools>=77.0.1 and packaging>=23; an older setuptools fails on `project.license`).
 PIP_REQS=(numpy mpi4py 'Cython>=3,<4' 'pkgconfig>=1.5.5' 'setuptools>=77.0.1' 'packaging>=23'
-          wheel pytest pytest-timeout hypothesis cloudpickle psutil pandas)
+          wheel pytest pytest-timeout hypothesis cloudpickle psutil pandas
+          tqdm matplotlib sphinx numpydoc nbclient nbformat ipykernel)
 
 pip_complete() {
     "$PY" - "${PIP_REQS[@]}" <<'PYEOF'
@@ -155,6 +156,11 @@ rm -rf "$verify_dir"
 expected="mpio ok: rank 0 of 2 read [1, 2]; rank 1 of 2 read [1, 2]"
 printf '%s\n' "$out" | grep -qxF "$expected" \
     || die "mpiexec verification printed unexpected output (expected: $expected)"
+
+# ---------------------------------------------------------------- esi-acme reference
+# The real esi-acme in a virtual environment of its own (both packages import as `acme`),
+# for the differential suite (tests/test_esi_parity.py) and benchmarks/bench_peers.py.
+bash "$(dirname "${BASH_SOURCE[0]}")/esi_acme_env.sh"
 
 log "versions:"
 "$PY" - <<'PYEOF'
