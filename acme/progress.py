@@ -1,85 +1,230 @@
-"""Progress of a run on the terminal: calls done and failed, rate, time left.
+"""Progress of a run: calls done and failed, rate, time left.
 
-Shown only when stderr is a terminal, ``verbose`` is not False and ``CI`` is not
-set, so logs of batch jobs and CI stay clean. Uses tqdm when it is installed, a
-single self-rewriting line otherwise.
+Where it goes depends on who is watching:
+
+* a Jupyter notebook: tqdm's notebook bar when ``ipywidgets`` is installed, else
+  one line of text that updates in place (an IPython display);
+* a terminal (stderr is a TTY and ``CI`` is not set): tqdm's bar when tqdm is
+  installed, else one self-rewriting line;
+* nobody (stderr is a file or a pipe, or ``CI`` is set): a log line on the ``acme``
+  logger (the console and the run's log file) at every tenth of the calls and at
+  most once a minute in between, never a flood.
+
+Hidden altogether with ``verbose=False`` or ``ACME_NO_PROGRESS=1``. The log file
+also gets the log lines when a bar is shown.
 """
 from __future__ import annotations
 
+import importlib.util
+import logging
 import os
 import sys
 import time
 from typing import Optional
 
-__all__ = ["Progress"]
+from .logs import FILE_ONLY
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Progress", "env_flag", "progress_mode"]
+
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("", "0", "false", "no", "off")
+
+#: Seconds between two log lines while the calls are slow (between tenths).
+LOG_EVERY_SECONDS = 60.0
+
+_warned: set = set()
 
 
-def _flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def _wanted(verbose: Optional[bool]) -> bool:
-    if verbose is False or _flag("CI") or _flag("ACME_NO_PROGRESS"):
+def env_flag(name: str) -> bool:
+    """The boolean environment variable ``name``: ``1``/``true``/``yes``/``on`` is
+    True, ``0``/``false``/``no``/``off`` or unset is False (any case, blanks
+    ignored). Any other value counts as True (it was set) with a warning, once."""
+    value = os.environ.get(name, "").strip().lower()
+    if value in FALSE_WORDS:
         return False
+    if value not in TRUE_WORDS and name not in _warned:
+        _warned.add(name)
+        log.warning("%s=%r is not one of %s (true) or %s (false); taken as true", name,
+                    os.environ.get(name), "/".join(TRUE_WORDS), "/".join(FALSE_WORDS[1:]))
+    return True
+
+
+def _in_notebook() -> bool:
+    """True inside a Jupyter kernel (not a plain IPython terminal)."""
+    shell_module = sys.modules.get("IPython")
+    if shell_module is None or "ipykernel" not in sys.modules:
+        return False
+    shell = shell_module.get_ipython()
+    return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+
+def _on_terminal() -> bool:
     stream = sys.stderr
-    return bool(stream) and hasattr(stream, "isatty") and stream.isatty()
+    try:
+        return bool(stream) and stream.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stderr
+        return False
+
+
+def progress_mode(verbose: Optional[bool]) -> str:
+    """How progress is shown: ``"off"``, ``"notebook"``, ``"terminal"`` or ``"log"``."""
+    if verbose is False or env_flag("ACME_NO_PROGRESS"):
+        return "off"
+    if _in_notebook():
+        return "notebook"
+    if _on_terminal() and not env_flag("CI"):
+        return "terminal"
+    return "log"
+
+
+class _Line:
+    """One line that is redrawn: ``\\r`` on a terminal, an updated display in a
+    notebook."""
+
+    def __init__(self, notebook: bool):
+        self.handle = None
+        if notebook:
+            from IPython.display import display
+            self.handle = display("", display_id=True)
+
+    def draw(self, text: str) -> None:
+        if self.handle is not None:
+            self.handle.update(text)
+        else:
+            sys.stderr.write("\r" + text)
+            sys.stderr.flush()
+
+    def end(self) -> None:
+        if self.handle is None:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _columns() -> int:
+    """Width of the terminal on stderr, 0 when it reports none."""
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):
+        return 0
+    return size.columns if size.lines > 0 else 0
+
+
+def _make_bar(mode: str, total: int, label: str, already_done: int):
+    """tqdm's bar for ``mode``, or None when it is not installed (or, in a notebook,
+    ``ipywidgets`` is missing)."""
+    try:
+        if mode == "notebook":
+            if importlib.util.find_spec("ipywidgets") is None:
+                return None
+            from tqdm.notebook import tqdm
+            width: dict = {}
+        else:
+            from tqdm import tqdm
+            # tqdm draws nothing on a terminal that reports no size (some ptys)
+            width = {"dynamic_ncols": True} if _columns() > 0 else {"ncols": 100,
+                                                                    "nrows": 24}
+        return tqdm(total=total, initial=already_done, desc=label, unit="call",
+                    leave=True, **width)
+    except ImportError:  # tqdm missing, or its notebook bar cannot be drawn
+        return None
 
 
 class Progress:
-    """``update(done, failed)`` as results arrive; ``close()`` at the end."""
+    """``update(done, failed)`` as results arrive; ``close()`` at the end.
+
+    Parameters
+    ----------
+    total : int
+        Calls of the map (including those done before a resume).
+    label : str
+        Shown in front of the counts (the function's name).
+    verbose : bool or None
+        ``False`` hides progress.
+    already_done : int
+        Calls that had results before this run started (resume).
+    """
 
     def __init__(self, total: int, label: str, verbose: Optional[bool],
                  already_done: int = 0):
         self.total = total
         self.label = label
-        self.enabled = _wanted(verbose) and total > 0
+        self.mode = progress_mode(verbose) if total > 0 else "off"
+        self.enabled = self.mode != "off"
         self.done = already_done
+        self.already_done = already_done
         self.failed = 0
         self.start = time.monotonic()
         self.last_draw = 0.0
-        self.bar = None
-        if not self.enabled:
-            return
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            tqdm = None
-        if tqdm is not None:
-            self.bar = tqdm(total=total, initial=already_done, desc=label, unit="call",
-                            dynamic_ncols=True, leave=True)
+        self.last_logged = (self.start, self._tenth())
+        self.bar = self.line = None
+        self.closed = False
+        if self.mode in ("terminal", "notebook"):
+            self.bar = _make_bar(self.mode, total, label, already_done)
+            if self.bar is None:
+                self.line = _Line(self.mode == "notebook")
+
+    def _tenth(self) -> int:
+        return (self.done + self.failed) * 10 // max(self.total, 1)
 
     def update(self, done: int, failed: int = 0) -> None:
+        """``done`` more calls have results, ``failed`` more failed."""
         if not self.enabled or not (done or failed):
             return
         self.done += done
         self.failed += failed
+        now = time.monotonic()
+        self._maybe_log(now)
         if self.bar is not None:
             self.bar.update(done + failed)
             if self.failed:
                 self.bar.set_postfix(failed=self.failed, refresh=False)
-            return
-        now = time.monotonic()
-        if now - self.last_draw >= 0.2 or self.done + self.failed >= self.total:
+        elif self.line is not None and (now - self.last_draw >= 0.2
+                                        or self.done + self.failed >= self.total):
             self.last_draw = now
-            self._draw(now)
+            self.line.draw(self.text(now))
 
-    def _draw(self, now: float) -> None:
+    def _maybe_log(self, now: float) -> None:
+        """A log line at each tenth of the calls, and once a minute in between."""
+        last_time, last_tenth = self.last_logged
+        tenth = self._tenth()
+        finished = self.done + self.failed >= self.total
+        if finished or not (tenth > last_tenth or now - last_time >= LOG_EVERY_SECONDS):
+            return  # the last line is written by close()
+        self.last_logged = (now, tenth)
+        self._log(self.text(now))
+
+    def _log(self, text: str) -> None:
+        # with a bar on screen, the line goes to the run's log file only
+        extra = None if self.mode == "log" else FILE_ONLY
+        log.info("progress: %s", text, extra=extra)
+
+    def text(self, now: float) -> str:
+        """``f: 30/60 calls (50%), 3 failed, 12.1 calls/s, about 3 s left``."""
         finished = self.done + self.failed
         elapsed = max(now - self.start, 1e-9)
-        rate = finished / elapsed
-        left = (self.total - finished) / rate if rate > 0 else float("inf")
-        eta = f"{left:5.0f} s left" if left != float("inf") else "  ? s left"
-        line = (f"\r{self.label}: {finished}/{self.total} calls "
-                f"({self.failed} failed), {rate:7.1f} calls/s, {eta}")
-        sys.stderr.write(line)
-        sys.stderr.flush()
+        rate = (finished - self.already_done) / elapsed
+        left = (self.total - finished) / rate if rate > 0 else None
+        eta = f"about {left:.0f} s left" if left is not None else "? s left"
+        percent = 100 * finished // max(self.total, 1)
+        return (f"{self.label}: {finished}/{self.total} calls ({percent}%), "
+                f"{self.failed} failed, {rate:.1f} calls/s, {eta}")
 
     def close(self) -> None:
-        if not self.enabled:
+        """Draw the last state and end the bar (also after an interruption)."""
+        if not self.enabled or self.closed:
             return
+        self.closed = True
+        now = time.monotonic()
+        finished = self.done + self.failed
+        elapsed = now - self.start
+        summary = (f"{self.label}: {finished}/{self.total} calls, {self.failed} failed, "
+                   f"in {elapsed:.1f} s" + ("" if finished >= self.total
+                                             else " (stopped before the end)"))
+        self._log(summary)
         if self.bar is not None:
             self.bar.close()
-        else:
-            self._draw(time.monotonic())
-            sys.stderr.write("\n")
-            sys.stderr.flush()
+        elif self.line is not None:
+            self.line.draw(self.text(now))
+            self.line.end()

@@ -1,4 +1,5 @@
-"""Progress while compute() runs: shown on a terminal only, never in logs or CI."""
+"""Progress while compute() runs: a bar on a terminal, log lines when nobody watches
+(stderr redirected, CI), nothing with verbose=False or ACME_NO_PROGRESS=1."""
 from __future__ import annotations
 
 import os
@@ -25,7 +26,7 @@ def f(x):
 
 if __name__ == "__main__":
     try:
-        with ParallelMap(f, list(range(60)), write_worker_results=False,
+        with ParallelMap(f, list(range(60)), WHERE,
                          backend="local", n_workers=2, verbose=VERBOSE) as pmap:
             pmap.compute()
     except Exception as exc:
@@ -69,10 +70,14 @@ def run_on_terminal(path, env_extra=None, timeout=30.0) -> str:
     return out.decode(errors="replace")
 
 
-def write(tmp_path, verbose):
+def write(tmp_path, verbose, where="write_worker_results=False"):
     path = tmp_path / "progress_script.py"
-    path.write_text(SCRIPT.replace("VERBOSE", verbose))
+    path.write_text(SCRIPT.replace("VERBOSE", verbose).replace("WHERE", where))
     return path
+
+
+def progress_lines(text: str) -> list:
+    return [line for line in text.splitlines() if "progress: f: " in line]
 
 
 def test_progress_is_shown_on_a_terminal_with_done_failed_rate_and_time_left(tmp_path):
@@ -86,10 +91,57 @@ def test_progress_is_shown_on_a_terminal_with_done_failed_rate_and_time_left(tmp
     assert "left" in final[-1] or "<" in final[-1]
 
 
-def test_no_progress_with_verbose_false_or_in_ci_or_without_a_terminal(tmp_path):
+def test_no_progress_with_verbose_false_or_acme_no_progress(tmp_path):
     quiet = run_on_terminal(write(tmp_path, "False"), {"ACME_AUTO_SLURM": "0"})
     assert "60/60" not in quiet and "FAILED" in quiet
-    in_ci = run_on_terminal(write(tmp_path, "None"), {"CI": "true", "ACME_AUTO_SLURM": "0"})
-    assert "60/60" not in in_ci and "FAILED" in in_ci
-    piped = run_script(write(tmp_path, "None"))
+    for value in ("1", "yes", " TRUE "):
+        hidden = run_on_terminal(write(tmp_path, "None"), {"ACME_NO_PROGRESS": value})
+        assert "60/60" not in hidden and "FAILED" in hidden, value
+    piped = run_script(write(tmp_path, "False"))
     assert "60/60" not in piped.stderr and "FAILED" in piped.stdout
+
+
+def test_acme_no_progress_reads_booleans_like_every_acme_variable(tmp_path):
+    """0/no/false/off mean "not set", as for ACME_AUTO_SLURM; an unknown word is
+    taken as set, with a warning that names the words."""
+    for value in ("0", "off", "no", ""):
+        shown = run_on_terminal(write(tmp_path, "None"), {"ACME_NO_PROGRESS": value})
+        assert "60/60" in shown, (value, shown)
+    odd = run_script(write(tmp_path, "None"), env={"ACME_NO_PROGRESS": "maybe"})
+    assert "60/60" not in odd.stderr, odd
+    assert odd.stderr.count("ACME_NO_PROGRESS='maybe' is not one of 1/true/yes/on") == 1
+    assert "FAILED" in odd.stdout
+
+
+def test_redirected_stderr_gets_a_log_line_per_tenth_and_a_summary(tmp_path):
+    """esi-acme writes its tqdm bar into a redirected stderr; acme writes a few log
+    lines instead (a batch log stays readable): one per tenth of the calls at most."""
+    piped = run_script(write(tmp_path, "None"))
+    lines = progress_lines(piped.stderr)
+    assert 2 <= len(lines) <= 11, piped.stderr
+    assert "\r" not in piped.stderr
+    assert lines[-1].endswith("60/60 calls, 6 failed, in " + lines[-1].split(" in ")[-1])
+    assert "calls/s" in lines[0] and "left" in lines[0], lines[0]
+    counts = [int(line.split("progress: f: ")[1].split("/")[0]) for line in lines]
+    assert counts == sorted(counts) and counts[-1] == 60, lines
+
+
+def test_progress_lines_go_to_the_run_log_file_too(tmp_path):
+    """On a terminal the bar is drawn and the log file gets the lines; with stderr in
+    a file both get them."""
+    shown = run_on_terminal(write(tmp_path, "None", "output_dir='on_tty'"))
+    assert "60/60" in shown and "progress: f: " not in shown, shown
+    log_files = list((tmp_path / "on_tty").glob("*.log"))
+    assert log_files, list((tmp_path / "on_tty").iterdir())
+    logged = progress_lines(log_files[0].read_text())
+    assert logged and "60/60 calls, 6 failed" in logged[-1], logged
+    piped = run_script(write(tmp_path, "None", "output_dir='piped'"))
+    assert progress_lines(piped.stderr)
+    assert progress_lines(next((tmp_path / "piped").glob("*.log")).read_text())
+
+
+def test_ci_on_a_terminal_gets_log_lines_not_a_bar(tmp_path):
+    in_ci = run_on_terminal(write(tmp_path, "None"), {"CI": "true", "ACME_AUTO_SLURM": "0"})
+    in_ci = in_ci.replace("\r\n", "\n")  # the terminal's own line ends
+    assert "FAILED" in in_ci and "\r" not in in_ci, in_ci
+    assert progress_lines(in_ci), in_ci
