@@ -1,4 +1,15 @@
 """acme: run one function many times in parallel and keep every result safe on disk."""
+from pathlib import Path as _Path
+
+from ._checkout import map_checkout_backends as _map_checkout_backends
+from ._install_guard import refuse_mixed_tree as _refuse_mixed_tree
+
+# Before anything else: refuse a folder that esi-acme's files are mixed into, and in a
+# source checkout make acme.backends the checkout's backends/ (an install maps it).
+_refuse_mixed_tree(str(_Path(__file__).resolve().parent))
+_map_checkout_backends(_Path(__file__).resolve().parent)
+del _Path, _map_checkout_backends, _refuse_mixed_tree
+
 from .clusters import (cluster_cleanup, esi_cluster_setup, local_cluster_setup,
                        slurm_cluster_setup)
 from .errors import ParallelMapError, RemoteTraceback, WorkerDied, CallTimeout
