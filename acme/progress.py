@@ -222,7 +222,8 @@ class Progress:
         summary = (f"{self.label}: {finished}/{self.total} calls, {self.failed} failed, "
                    f"in {elapsed:.1f} s" + ("" if finished >= self.total
                                              else " (stopped before the end)"))
-        self._log(summary)
+        if finished > self.already_done:  # an interruption before any call is told
+            self._log(summary)                # by the runner
         if self.bar is not None:
             self.bar.close()
         elif self.line is not None:

@@ -73,6 +73,37 @@ def _start_method() -> str:
     return "fork" if sys.platform.startswith("linux") else "spawn"
 
 
+#: Exit code of a worker whose start ran a map: the script it imports starts one
+#: at its top level (no ``if __name__ == "__main__":`` guard; spawn/forkserver).
+UNGUARDED_MAIN_EXIT = 87
+
+
+class UnguardedMainError(RuntimeError):
+    """The script starts a map when imported, and the workers import it (spawn)."""
+
+
+def _refuse_in_starting_worker() -> None:
+    """End a worker that is still importing the script (spawn and forkserver run the
+    script's top level in every new process) when that code starts workers itself:
+    quietly, with an exit code that the scheduler turns into one clear message."""
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        logging.getLogger("acme").handlers.clear()  # no output from this worker
+        raise SystemExit(UNGUARDED_MAIN_EXIT)
+
+
+def _unguarded_main_message(method: str) -> str:
+    main = sys.modules.get("__main__")
+    script = getattr(main, "__file__", None) or "your script"
+    return (f"the worker processes start with {method!r}, which imports {script} in "
+            "every worker, and that script starts a ParallelMap (or a worker pool) at "
+            "its top level. Put the code that starts the map under\n\n"
+            "    if __name__ == \"__main__\":\n"
+            "        with ParallelMap(...) as pmap:\n"
+            "            pmap.compute()\n\n"
+            "and define the function above it, at the top level. (The start method "
+            "is the default off Linux, or set by ACME_START_METHOD.)")
+
+
 def _die_with_parent() -> None:
     """Ask Linux to kill this worker if the scheduler process dies (even by SIGKILL).
 
@@ -199,6 +230,7 @@ class _Worker:
     def __init__(self, ctx, number: int):
         parent_conn, child_conn = ctx.Pipe(duplex=True)
         self.taken = ctx.RawValue("q", 0)  # batches the worker took (it writes this)
+        self.method = ctx.get_start_method()
         self.sent = 0
         self.process = ctx.Process(target=_worker_main, args=(child_conn, self.taken),
                                    name=f"acme-worker-{number}")
@@ -250,8 +282,12 @@ class _Worker:
         return len(data)
 
     def death_reason(self) -> str:
+        """Why the worker ended (raises :class:`UnguardedMainError` when it ended
+        because the script it imported starts a map)."""
         self.wait_dead(1.0)
         code = self.process.exitcode
+        if code == UNGUARDED_MAIN_EXIT and not self.ready:
+            raise UnguardedMainError(_unguarded_main_message(self.method)) from None
         if code is None:
             return "worker stopped answering"
         if code < 0:
@@ -328,6 +364,7 @@ class LocalPool:
     backend_name = "local"
 
     def __init__(self, n_workers: int, setup_timeout: float = 60.0, wait: bool = True):
+        _refuse_in_starting_worker()
         self.mp = multiprocessing.get_context(_start_method())
         _stop_at_exit(self)
         self.n_workers = n_workers
@@ -431,6 +468,7 @@ class LocalBackend(Backend):
 
     def __init__(self, n_workers: Optional[int] = None, pool: Optional[LocalPool] = None,
                  **options):
+        _refuse_in_starting_worker()
         if pool is not None and n_workers is None:
             n_workers = pool.n_workers
         super().__init__(n_workers, **options)
