@@ -90,7 +90,7 @@ from .base import Backend
 from .slurm_site import (  # noqa: F401 - names of this module before the split
     ACTIVE_STATES, END_GRACE_SECONDS, MAX_AUTO_WORKERS, MEMORY_MARGIN, WAITING_STATES,
     WORKER_BASE_MB, PartitionInfo, SlurmJobError, SlurmSetupTimeout,
-    SlurmSubmitError, _cancel, _job_record, _job_state, _key_values, _live_jobs,
+    SlurmSubmitError, SlurmUnavailableError, _cancel, _job_record, _job_state, _key_values, _live_jobs,
     _log_tail, _parse_mb, _parse_minutes, _python_path, _sbatch_quote, _slurm,
     _wait_until_gone, choose_partition, in_slurm_allocation, job_error,
     plan_job, read_partitions, slurm_unusable_reason, slurm_usable, submit, time_text,
@@ -99,9 +99,10 @@ from .slurm_work import (  # noqa: F401 - names of this module before the split
     _has_cloudpickle, function_problem, job_python_problem, main_script_problem,
     script_to_load, write_work)
 
-log = logging.getLogger("acme")
+log = logging.getLogger(__name__)
 
 __all__ = ["SlurmBackend", "SlurmJobError", "SlurmSetupTimeout", "SlurmSubmitError",
+           "SlurmUnavailableError",
            "PartitionInfo", "read_partitions", "choose_partition", "slurm_usable",
            "in_slurm_allocation", "start_allocation"]
 
@@ -261,10 +262,11 @@ class SlurmBackend(Backend):
             log.warning("partition=%r is ignored: the map runs on the SLURM worker pool "
                         "(job %s) in partition %r", self.partition, pool.job_id,
                         pool.partition)
-        if self.mem_per_worker_mb and pool.mem_mb and self.mem_per_worker_mb > pool.mem_mb:
+        pool_mem = getattr(pool, "mem_per_worker_mb", pool.mem_mb)
+        if self.mem_per_worker_mb and pool_mem and self.mem_per_worker_mb > pool_mem:
             log.warning("mem_per_worker=%.0f MB is more than the %.0f MB per worker of "
                         "the SLURM worker pool (job %s) the map runs on",
-                        self.mem_per_worker_mb, pool.mem_mb, pool.job_id)
+                        self.mem_per_worker_mb, pool_mem, pool.job_id)
 
     def describe(self) -> str:
         if self.pool is not None:

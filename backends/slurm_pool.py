@@ -51,14 +51,14 @@ from acme.slurm_job import (ALIVE_FILE, JOB_FILE, OUTCOMES_FILE, READY_FILE, STO
 from acme.tasks import CallTask, WorkerContext
 
 from .slurm_site import (END_GRACE_SECONDS, WAITING_STATES, SlurmJobError,
-                         SlurmSetupTimeout, _cancel, _job_record, _job_state, _live_jobs,
+                         SlurmSetupTimeout, SlurmUnavailableError, _cancel, _job_record, _job_state, _live_jobs,
                          _log_tail, _wait_until_gone, job_error,
                          plan_job, slurm_unusable_reason, submit, time_text,
                          write_job_script)
 from .slurm_work import (_has_cloudpickle, function_problem, job_python_problem,
                          script_to_load, write_work)
 
-log = logging.getLogger("acme")
+log = logging.getLogger(__name__)
 
 __all__ = ["SlurmPool", "start_allocation"]
 
@@ -70,11 +70,6 @@ ORPHAN_SECONDS = 600.0
 STOP_GRACE_SECONDS = 5.0
 #: Seconds a map waits while ``squeue`` fails before it gives up (and cancels the job).
 SQUEUE_PATIENCE = 120.0
-#: Keywords of esi-acme's ``slurm_cluster_setup`` that have no meaning here.
-_ESI_IGNORED = ("n_workers_startup", "interactive_wait", "start_client", "n_cores",
-                "cores_per_worker", "workers_per_job")
-
-
 _open_pools: "weakref.WeakSet[SlurmPool]" = weakref.WeakSet()
 
 
@@ -104,8 +99,12 @@ class SlurmPool:
     n_workers : int
         Worker ranks (the job has one more: rank 0 schedules).
     partition : str
+    cpus_per_worker : int
+        CPUs of each rank (``--cpus-per-task``).
     mem_mb : float or None
-        Memory per CPU (per rank) the job asked for, in MB.
+        Memory per CPU the job asked for, in MB.
+    mem_per_worker_mb : float or None
+        Memory per rank, in MB.
     folder : str
         The pool folder (job script, SLURM output log, the maps being run).
     log_path : str
@@ -117,16 +116,20 @@ class SlurmPool:
     backend_name = "slurm"
 
     def __init__(self, job_id: str, folder: str, plan: dict, main_script: Optional[str],
-                 temporary: bool = True, orphan_seconds: Optional[float] = ORPHAN_SECONDS):
+                 temporary: bool = True, orphan_seconds: Optional[float] = ORPHAN_SECONDS,
+                 log_path: Optional[str] = None):
         self.job_id = job_id
         self.folder = folder
         self.partition = plan["partition"]
         self.mem_mb = plan["mem_mb"]
+        self.cpus_per_worker = plan.get("cpus_per_task", 1)
+        self.mem_per_worker_mb = self.mem_mb * self.cpus_per_worker if self.mem_mb \
+            else None
         self.n_workers = plan["n_workers"]
         self.ranks = plan["ntasks"]
         self.time_limit = plan["time"]
         self.main_script = main_script
-        self.log_path = os.path.join(folder, f"slurm-{job_id}.out")
+        self.log_path = log_path or os.path.join(folder, f"slurm-{job_id}.out")
         self.closed = False
         self.maps_sent = 0
         self.host: Optional[str] = None
@@ -137,6 +140,8 @@ class SlurmPool:
         # touch POOLDIR/alive often enough that rank 0 never takes us for dead
         self._beat_seconds = min(HEARTBEAT_SECONDS, orphan_seconds / 4) \
             if orphan_seconds else None
+        #: seconds a question on the terminal waits for an answer (None: forever)
+        self.answer_wait: Optional[float] = None
 
     # ------------------------------------------------------------ state
     def check(self) -> None:
@@ -212,16 +217,17 @@ class SlurmPool:
             what += " but its ranks have not reported that they are up"
         on_terminal = interactive and sys.stdin is not None and sys.stdin.isatty()
         if on_terminal:
-            try:
-                answer = input(f"{what} after {waited:.0f} s. Keep waiting {timeout:g} s "
-                               "more [w], or give up [g]? ").strip().lower()
-            except EOFError:
-                answer = "g"
-            if answer in ("", "w", "wait"):
+            answer = _ask(f"{what} after {waited:.0f} s. Keep waiting {timeout:g} s more "
+                          "[w], or give up [g]? ", self.answer_wait)
+            if answer is None:  # esi-acme's interactive_wait: no answer, no workers
+                log.warning("%s after %.0f s: no answer within interactive_wait=%g s; "
+                            "giving up", what, waited, self.answer_wait)
+            elif answer in ("", "w", "wait"):
                 log.info("%s after %.0f s: waiting %g s more, as asked", what, waited,
                          timeout)
                 return
-            log.warning("%s after %.0f s: giving up, as asked", what, waited)
+            else:
+                log.warning("%s after %.0f s: giving up, as asked", what, waited)
         else:
             log.warning("%s after %.0f s (timeout=%g s, %s): cancelling it", what, waited,
                         timeout, "not on a terminal" if interactive else "interactive=False")
@@ -432,6 +438,25 @@ class SlurmPool:
                 f"rank(s), partition {self.partition}>")
 
 
+def _ask(prompt: str, seconds: Optional[float]) -> Optional[str]:
+    """Ask on the terminal; the answer in lower case, "g" at end of input, None when
+    nothing was typed within ``seconds`` (None: wait for ever)."""
+    if seconds is None:
+        try:
+            return input(prompt).strip().lower()
+        except EOFError:
+            return "g"
+    import select
+    sys.stdout.write(prompt)
+    sys.stdout.flush()
+    ready, _, _ = select.select([sys.stdin], [], [], seconds)
+    if not ready:
+        sys.stdout.write("\n")
+        return None
+    line = sys.stdin.readline()
+    return line.strip().lower() if line else "g"
+
+
 def _main_script_to_load() -> Optional[str]:
     """Without cloudpickle, functions of the ``__main__`` script travel by reference:
     the pool's ranks load that script (without its main block) when they start."""
@@ -464,7 +489,11 @@ def _submit_pool(folder: str, plan: dict, main_script: Optional[str],
 
 def start_allocation(partition: str = "auto", n_workers: Optional[int] = None,
                      mem_per_worker: str = "auto", timeout: float = 60,
-                     interactive: bool = True, **kwargs: Any) -> SlurmPool:
+                     interactive: bool = True, *, cpus_per_worker: int = 1,
+                     interactive_wait: Optional[float] = None,
+                     only_partitions: Optional[set] = None,
+                     excluded_partitions: Optional[set] = None,
+                     mem_cushion: Optional[float] = None, **kwargs: Any) -> SlurmPool:
     """Submit one MPI job that serves maps, wait until its ranks are up, return it.
 
     Parameters
@@ -482,12 +511,26 @@ def start_allocation(partition: str = "auto", n_workers: Optional[int] = None,
     interactive : bool
         When the job is still pending after ``timeout``: on a terminal, ask whether to
         keep waiting; otherwise cancel it and raise :class:`SlurmSetupTimeout`.
+    cpus_per_worker : int
+        CPUs of each rank (``--cpus-per-task``).
+    interactive_wait : float or None
+        Seconds that question waits for an answer before giving up (None: for ever).
+    only_partitions, excluded_partitions : set of str or None
+        The partitions acme may use (None: all), and those it must not.
+    mem_cushion : float or None
+        MB kept clear of the partition's memory limit per worker (None: none, and a
+        request above the limit is passed on with a warning instead of capped).
     **kwargs
         ``time_limit`` (minutes or a SLURM time; default ``$ACME_SLURM_TIME_LIMIT``),
         ``sbatch_args`` (list; default ``$ACME_SLURM_SBATCH_ARGS``), ``job_extra``
         (esi-acme's name: more sbatch options), ``job_name``, ``folder`` (the pool
         folder; default a new ``.acme-slurm-pool-*`` in the current directory),
         ``orphan_timeout`` (seconds; see the module's notes; None: never).
+
+    Raises
+    ------
+    SlurmUnavailableError
+        SLURM cannot take jobs from here (an OSError, as esi-acme's IOError).
     """
     from acme.validation import (check_auto_or_int, check_bool, check_positive_number,
                                  parse_memory)
@@ -507,32 +550,22 @@ def start_allocation(partition: str = "auto", n_workers: Optional[int] = None,
     folder = kwargs.pop("folder", None)
     orphan = kwargs.pop("orphan_timeout", ORPHAN_SECONDS)
     orphan = None if orphan is None else check_positive_number(orphan, "orphan_timeout")
-    for key in _ESI_IGNORED:
-        if key in kwargs:
-            log.debug("slurm_cluster_setup: %s=%r has no meaning here (all ranks start "
-                      "together, one CPU each)", key, kwargs.pop(key))
     if kwargs:
         log.warning("slurm_cluster_setup: ignoring unknown option(s) %s",
                     ", ".join(sorted(kwargs)))
     unusable = slurm_unusable_reason(refresh=True)
-    problem = f"SLURM is not usable here: {unusable}" if unusable else \
-        job_python_problem()[0]  # the ranks' Python: mpi4py, acme
+    if unusable:
+        raise SlurmUnavailableError(f"slurm_cluster_setup cannot start a worker pool: "
+                                    f"SLURM is not usable here: {unusable}")
+    problem = job_python_problem()[0]  # the ranks' Python: mpi4py, acme
     if problem:
         raise RuntimeError(f"slurm_cluster_setup cannot start a worker pool: {problem}")
 
     plan = plan_job(partition, None if mem == "auto" else mem,
-                    None if workers == "auto" else workers, time_limit, None)
-    temporary = folder is None
-    if temporary:
-        try:
-            folder = tempfile.mkdtemp(prefix=".acme-slurm-pool-", dir=os.getcwd())
-        except OSError:
-            folder = tempfile.mkdtemp(prefix=".acme-slurm-pool-")
-            log.warning("the current folder is not writable: the SLURM worker pool "
-                        "folder is %s, which the compute nodes have to see", folder)
-    else:
-        folder = os.path.abspath(folder)
-        os.makedirs(folder, exist_ok=True)
+                    None if workers == "auto" else workers, time_limit, None,
+                    cpus_per_worker=cpus_per_worker, mem_cushion_mb=mem_cushion,
+                    only=only_partitions, excluded=excluded_partitions)
+    folder, temporary = _pool_folder(folder)
     main_script = _main_script_to_load()
     try:
         job_id = _submit_pool(folder, plan, main_script, orphan, job_name, sbatch_args,
@@ -543,10 +576,13 @@ def start_allocation(partition: str = "auto", n_workers: Optional[int] = None,
         raise
     _live_jobs.add(job_id)
     log.info("submitted SLURM job %s: a worker pool of %d worker rank(s) + 1, partition "
-             "%s%s%s; pool folder %s", job_id, plan["n_workers"], plan["partition"],
-             f", {plan['mem_mb']:.0f} MB per CPU" if plan["mem_mb"] else "",
+             "%s%s%s%s; pool folder %s", job_id, plan["n_workers"], plan["partition"],
+             f", {plan['cpus_per_task']} CPUs per rank" if plan["cpus_per_task"] > 1
+             else "", f", {plan['mem_mb']:.0f} MB per CPU" if plan["mem_mb"] else "",
              f", time limit {plan['time']}" if plan["time"] else "", folder)
-    pool = SlurmPool(job_id, folder, plan, main_script, temporary, orphan)
+    pool = SlurmPool(job_id, folder, plan, main_script, temporary, orphan,
+                     _user_log_path(job_id, sbatch_args))
+    pool.answer_wait = interactive_wait
     pool._start_heartbeat()
     try:
         pool._wait_ready(timeout, interactive)
@@ -559,3 +595,26 @@ def start_allocation(partition: str = "auto", n_workers: Optional[int] = None,
         raise
     _open_pools.add(pool)
     return pool
+
+
+def _pool_folder(folder: Optional[str]) -> tuple:
+    """``(folder, temporary)``: the folder asked for, or a new temporary one."""
+    if folder is not None:
+        folder = os.path.abspath(folder)
+        os.makedirs(folder, exist_ok=True)
+        return folder, False
+    try:
+        return tempfile.mkdtemp(prefix=".acme-slurm-pool-", dir=os.getcwd()), True
+    except OSError:
+        folder = tempfile.mkdtemp(prefix=".acme-slurm-pool-")
+        log.warning("the current folder is not writable: the SLURM worker pool folder is "
+                    "%s, which the compute nodes have to see", folder)
+        return folder, True
+
+
+def _user_log_path(job_id: str, sbatch_args: list) -> Optional[str]:
+    """The job's output file when the sbatch options chose it (``--output=``/``-o``):
+    as SLURM resolved it (``scontrol show job``: StdOut)."""
+    if not any(a.startswith(("--output", "-o")) for a in sbatch_args):
+        return None
+    return _job_record(job_id).get("StdOut") or None

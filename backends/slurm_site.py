@@ -25,9 +25,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-log = logging.getLogger("acme")
+log = logging.getLogger(__name__)
 
-__all__ = ["SlurmSubmitError", "SlurmJobError", "SlurmSetupTimeout", "PartitionInfo",
+__all__ = ["SlurmSubmitError", "SlurmJobError", "SlurmSetupTimeout",
+           "SlurmUnavailableError", "PartitionInfo",
            "read_partitions", "choose_partition", "slurm_usable", "slurm_unusable_reason",
            "in_slurm_allocation",
            "plan_job", "write_job_script", "submit", "job_error",
@@ -87,6 +88,11 @@ class SlurmJobError(RuntimeError):
 
 class SlurmSetupTimeout(SlurmJobError, TimeoutError):
     """The job did not leave PENDING within ``setup_timeout`` (it was cancelled)."""
+
+
+class SlurmUnavailableError(OSError, RuntimeError):
+    """SLURM cannot take jobs from here (its commands are missing or fail). An
+    OSError, as esi-acme's IOError, and a RuntimeError, as acme raised before."""
 
 
 # ------------------------------------------------------------------- SLURM queries
@@ -405,84 +411,139 @@ def job_error(job_id, state, exit_code, log_path, missing, n_calls, error_text,
 
 
 # ------------------------------------------------------------ planning a job
+def _partition_named(partitions: dict, partition: str, only: Optional[set],
+                     excluded: set) -> PartitionInfo:
+    """The partition asked for by name, refused when it is not one acme may use."""
+    if partition in excluded:
+        raise ValueError(f"`partition` {partition!r} is not for acme workers (it is in "
+                         f"invalid_partitions {sorted(excluded)}); choose one of "
+                         f"{sorted(set(partitions) - excluded)}")
+    if only is not None and partition not in only:
+        raise ValueError(f"`partition` {partition!r} is not in avail_partitions "
+                         f"{sorted(only)}")
+    info = partitions.get(partition)
+    if info is None:
+        raise ValueError(f"`partition` {partition!r} is not a SLURM partition "
+                         f"here; sinfo lists {sorted(partitions)}")
+    return info
+
+
+def _auto_partition(partitions: dict, need_mb: Optional[float],
+                    measure: Optional[Callable[[], float]], time_min: Optional[float],
+                    cpus: int, cushion: float) -> tuple:
+    """partition="auto": the only one, or the one that fits a worker's need best;
+    ``(info, need_mb)`` with the need it was chosen for (None: not known)."""
+    if len(partitions) == 1:
+        info, reason = next(iter(partitions.values())), "it is the only partition"
+    else:
+        if need_mb is not None:
+            basis = "asked for (mem_per_worker)"
+        elif measure is not None:
+            need_mb, basis = measure(), "measured"
+        else:
+            need_mb = float(WORKER_BASE_MB)
+            basis = "no function to measure yet (a worker pool): the base"
+        info, reason = choose_partition(partitions, (need_mb + cushion) / cpus, time_min)
+        reason = f"{basis} need {need_mb:.0f} MB per worker: {reason}"
+    log.info("SLURM partition %r chosen: %s", info.name, reason)
+    return info, need_mb
+
+
+def _worker_memory(info: PartitionInfo, mem_per_worker_mb: Optional[float],
+                   need_mb: Optional[float], cpus: int,
+                   cushion: Optional[float]) -> Optional[float]:
+    """Memory (MB) of one worker rank of ``cpus`` CPUs in partition ``info``.
+
+    ``cushion`` (esi-acme's ``mem_cushion``) is kept clear of the partition's limit:
+    a request above the limit minus the cushion is capped there, with a warning."""
+    per_cpu_limit = info.mem_per_cpu_limit
+    limit = per_cpu_limit * cpus if per_cpu_limit is not None else None
+    if limit is not None and cushion:
+        limit = max(limit - cushion, 1.0)
+    if mem_per_worker_mb is not None:
+        if limit is not None and mem_per_worker_mb > limit and cushion is not None:
+            log.warning("mem_per_worker %.0f MB is more than partition %s allows per "
+                        "worker (%.0f MB after mem_cushion=%g MB): asking for %.0f MB",
+                        mem_per_worker_mb, info.name, limit, cushion, limit)
+            return limit
+        if limit is not None and mem_per_worker_mb > limit:
+            log.warning("mem_per_worker %.0f MB is more than partition %s allows per "
+                        "CPU (%.0f MB): SLURM gives each task more CPUs instead "
+                        "(or refuses the job)", mem_per_worker_mb, info.name, limit)
+        return mem_per_worker_mb
+    # the partition's default, or more when the dry run measured more
+    known = [m for m in (info.def_mem_per_cpu and info.def_mem_per_cpu * cpus, need_mb)
+             if m]
+    mem = max(known) if known else None
+    return min(mem, limit) if mem is not None and limit is not None else mem
+
+
 def plan_job(partition: str, mem_per_worker_mb: Optional[float],
              requested_workers: Optional[int], time_limit: Optional[str],
-             n_calls: Optional[int], measure: Optional[Callable[[], float]] = None) -> dict:
-    """Partition, memory per CPU, worker ranks and tasks of a job.
+             n_calls: Optional[int], measure: Optional[Callable[[], float]] = None,
+             cpus_per_worker: int = 1, mem_cushion_mb: Optional[float] = None,
+             only: Optional[set] = None, excluded: Optional[set] = None) -> dict:
+    """Partition, memory, CPUs, worker ranks and tasks of a job.
 
     ``partition="auto"`` picks the partition (:func:`choose_partition`) for what a
     worker needs: ``mem_per_worker_mb`` when given, else ``measure()`` (the dry run of
-    a call), else (a worker pool, no function yet) the base need of a worker rank.
-    ``n_calls`` None (a worker pool): the number of workers is not capped by calls.
-    Returns ``{"partition", "mem_mb", "n_workers", "ntasks", "overcommit", "time"}``.
+    a call), else (a worker pool, no function yet) the base need of a worker rank;
+    only among ``only`` (when given) and never one of ``excluded``. Each rank gets
+    ``cpus_per_worker`` CPUs. ``n_calls`` None (a worker pool): the number of workers
+    is not capped by calls. Returns ``{"partition", "mem_mb" (per CPU), "cpus_per_task",
+    "n_workers", "ntasks", "overcommit", "time"}``.
     """
     partitions = read_partitions()
     if not partitions:
         raise RuntimeError("sinfo lists no SLURM partition")
+    excluded = set(excluded or ())
     time_min = _parse_minutes(time_limit) if time_limit else None
-    need_mb = mem_per_worker_mb
+    cpus = max(1, int(cpus_per_worker))
     if partition == "auto":
-        if len(partitions) == 1:
-            info = next(iter(partitions.values()))
-            reason = "it is the only partition"
-        else:
-            if need_mb is not None:
-                basis = "asked for (mem_per_worker)"
-            elif measure is not None:
-                need_mb = measure()
-                basis = "measured"
-            else:
-                need_mb = float(WORKER_BASE_MB)
-                basis = "no function to measure yet (a worker pool): the base"
-            info, reason = choose_partition(partitions, need_mb, time_min)
-            reason = f"{basis} need {need_mb:.0f} MB per worker: {reason}"
-        log.info("SLURM partition %r chosen: %s", info.name, reason)
+        usable = {n: p for n, p in partitions.items()
+                  if n not in excluded and (only is None or n in only)}
+        if not usable:
+            raise ValueError(f"no SLURM partition is left to choose from: sinfo lists "
+                             f"{sorted(partitions)}, avail_partitions "
+                             f"{sorted(only) if only is not None else 'all'}, "
+                             f"invalid_partitions {sorted(excluded)}")
+        info, need_mb = _auto_partition(usable, mem_per_worker_mb, measure, time_min,
+                                        cpus, mem_cushion_mb or 0.0)
     else:
-        info = partitions.get(partition)
-        if info is None:
-            raise ValueError(f"`partition` {partition!r} is not a SLURM partition "
-                             f"here; sinfo lists {sorted(partitions)}")
-
-    if mem_per_worker_mb is not None:
-        mem = mem_per_worker_mb
-        limit = info.mem_per_cpu_limit
-        if limit is not None and mem > limit:
-            log.warning("mem_per_worker %.0f MB is more than partition %s allows per "
-                        "CPU (%.0f MB): SLURM gives each task more CPUs instead "
-                        "(or refuses the job)", mem, info.name, limit)
-    else:
-        # the partition's default, or more when the dry run measured more
-        known = [m for m in (info.def_mem_per_cpu, need_mb) if m]
-        mem = max(known) if known else None
-        if mem is not None and info.mem_per_cpu_limit is not None:
-            mem = min(mem, info.mem_per_cpu_limit)
-
-    calls_cap = n_calls if n_calls is not None else MAX_AUTO_WORKERS
-    if requested_workers:
-        n_workers = max(1, min(requested_workers, calls_cap) if n_calls is not None
-                        else requested_workers)
-    else:
-        # one worker per CPU that is idle now (so the job can start at once), or
-        # per CPU of the partition when (almost) none is; rank 0 takes one CPU
-        slots = info.total_cpus or 2
-        if info.idle_cpus is not None and info.idle_cpus >= 2:
-            slots = min(slots, info.idle_cpus)
-        if mem and info.total_mem_mb:
-            slots = min(slots, int(info.total_mem_mb // mem))
-        n_workers = max(1, min(calls_cap, slots - 1, MAX_AUTO_WORKERS))
-        log.info("n_workers='auto': %d worker rank(s) for %s (partition %s: %d "
-                 "CPUs, %s idle)", n_workers,
-                 f"{n_calls} calls" if n_calls is not None else "a worker pool",
-                 info.name, info.total_cpus,
-                 "?" if info.idle_cpus is None else info.idle_cpus)
+        info = _partition_named(partitions, partition, only, excluded)
+        need_mb = mem_per_worker_mb
+    mem = _worker_memory(info, mem_per_worker_mb, need_mb, cpus, mem_cushion_mb)
+    n_workers = _plan_workers(info, requested_workers, n_calls, mem, cpus)
     ntasks = n_workers + 1
-    overcommit = bool(info.total_cpus) and ntasks > info.total_cpus
+    overcommit = bool(info.total_cpus) and ntasks * cpus > info.total_cpus
     if overcommit:
-        log.warning("%d tasks (n_workers + 1) are more than the %d CPUs of partition "
-                    "%s: submitting with --overcommit, so several ranks share a CPU",
-                    ntasks, info.total_cpus, info.name)
-    return {"partition": info.name, "mem_mb": mem, "n_workers": n_workers,
-            "ntasks": ntasks, "overcommit": overcommit, "time": time_limit}
+        log.warning("%d tasks (n_workers + 1) of %d CPU(s) are more than the %d CPUs of "
+                    "partition %s: submitting with --overcommit, so several ranks share "
+                    "a CPU", ntasks, cpus, info.total_cpus, info.name)
+    return {"partition": info.name, "mem_mb": mem / cpus if mem else None,
+            "cpus_per_task": cpus, "n_workers": n_workers, "ntasks": ntasks,
+            "overcommit": overcommit, "time": time_limit}
+
+
+def _plan_workers(info: PartitionInfo, requested: Optional[int], n_calls: Optional[int],
+                  mem: Optional[float], cpus: int) -> int:
+    """Worker ranks: as asked (at most one per call), or "auto"."""
+    calls_cap = n_calls if n_calls is not None else MAX_AUTO_WORKERS
+    if requested:
+        return max(1, min(requested, calls_cap) if n_calls is not None else requested)
+    # one worker per CPU that is idle now (so the job can start at once), or per CPU
+    # of the partition when (almost) none is; rank 0 takes one worker's share
+    slots = info.total_cpus or 2
+    if info.idle_cpus is not None and info.idle_cpus >= 2:
+        slots = min(slots, info.idle_cpus)
+    if mem and info.total_mem_mb:
+        slots = min(slots, int(info.total_mem_mb // (mem / cpus)))
+    n_workers = max(1, min(calls_cap, slots // cpus - 1, MAX_AUTO_WORKERS))
+    log.info("n_workers='auto': %d worker rank(s) for %s (partition %s: %d CPUs, %s "
+             "idle)", n_workers,
+             f"{n_calls} calls" if n_calls is not None else "a worker pool",
+             info.name, info.total_cpus, "?" if info.idle_cpus is None else info.idle_cpus)
+    return n_workers
 
 
 # ------------------------------------------------------------ job script, sbatch
@@ -496,6 +557,9 @@ def write_job_script(folder: str, plan: dict, name: str, comment: list,
              f"#SBATCH --ntasks={plan['ntasks']}",
              f"#SBATCH --output={_sbatch_quote(os.path.join(folder, 'slurm-%j.out'))}",
              f"#SBATCH --chdir={_sbatch_quote(os.getcwd())}"]
+    cpus = plan.get("cpus_per_task", 1)
+    if cpus > 1:
+        lines.append(f"#SBATCH --cpus-per-task={cpus}")
     if plan["mem_mb"]:
         lines.append(f"#SBATCH --mem-per-cpu={int(math.ceil(plan['mem_mb']))}M")
     if plan["time"]:
@@ -506,7 +570,9 @@ def write_job_script(folder: str, plan: dict, name: str, comment: list,
               "# the submitting process's import path (its script folder, the tests, ...)",
               f"export PYTHONPATH={shlex.quote(_python_path())}",
               "export PYTHONUNBUFFERED=1",
-              f"srun {shlex.quote(sys.executable)} -m acme.slurm_job "
+              # srun does not take --cpus-per-task over from sbatch (SLURM >= 22.05)
+              "srun " + (f"--cpus-per-task={cpus} " if cpus > 1 else "")
+              + f"{shlex.quote(sys.executable)} -m acme.slurm_job "
               + " ".join(shlex.quote(str(a)) for a in job_args), ""]
     script = os.path.join(folder, "job.sh")
     with open(script, "w", encoding="utf-8") as fh:
