@@ -25,8 +25,8 @@ Used by tests/test_readme.py and tests/test_docs.py; the rules, for every ``.rst
   ``sbatch --wait`` next to the script before it; ``srun``/``sbatch`` lines inside
   other blocks are not run; any other command fails the test until a rule for it is
   added here.
-* No other kind of code block is allowed (:func:`check_languages`), so every block
-  the reader sees is run.
+* No other kind of code block is allowed (:func:`check_languages`), and no literal
+  block (``::``, :func:`literal_blocks`), so every block the reader sees is run.
 """
 from __future__ import annotations
 
@@ -115,6 +115,13 @@ def check_languages(blocks: list) -> None:
               if b.language not in LANGUAGES]
     assert not others, (f"code blocks that the tests cannot run: {others}; use "
                         f"{' or '.join(LANGUAGES)}, or add a rule to tests/doc_examples.py")
+
+
+def literal_blocks(path: Path) -> list:
+    """Lines of ``path`` that open an rST literal block (``::``), which nothing runs."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [f"{path.relative_to(REPO)}:{number}" for number, line in enumerate(lines, 1)
+            if line.rstrip().endswith("::") and not line.lstrip().startswith(".. ")]
 
 
 def python_block_before(block: Block, blocks: list) -> Optional[Block]:

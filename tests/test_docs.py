@@ -46,6 +46,8 @@ def test_the_api_pages_cover_the_public_api():
 
 def test_the_docs_have_runnable_examples():
     dx.check_languages(BLOCKS)
+    literal = [where for page in PAGES for where in dx.literal_blocks(page)]
+    assert not literal, f"literal blocks (::) that no test runs; use a code-block: {literal}"
     assert len(PYTHON) >= 15 and len(BASH) >= 4, [b.id for b in BLOCKS]
     for block in PYTHON:
         compile(block.code, block.id, "exec")
