@@ -139,6 +139,20 @@ def counts(records: dict[str, dict]) -> dict[str, int]:
             "datasets": datasets}
 
 
+def compared(ours: dict[str, dict], theirs: dict[str, dict]) -> dict[str, int]:
+    """How much was compared field by field: files and datasets present on both sides."""
+    files = datasets = objects = 0
+    for case in set(ours) & set(theirs):
+        a, b = flatten(ours[case]), flatten(theirs[case])
+        for path in _paths(a) & _paths(b):
+            if ":" in path:
+                objects += 1
+                datasets += a.get((path, "kind")) == "dataset"
+            elif a.get((path, "kind")) != "dir":
+                files += 1
+    return {"files": files, "hdf5_objects": objects, "datasets": datasets}
+
+
 _INDEX = re.compile(r"(?<=_)\d+(?=\b|\.|_|/|:)")
 
 
@@ -160,3 +174,18 @@ def markdown(diffs: Iterable[Difference]) -> str:
         cell = lambda v: _short(v, 160).replace("|", "\\|")  # noqa: E731
         lines.append(f"| {case} | `{path}` | {field} | {n} | `{cell(ours)}` | `{cell(theirs)}` |")
     return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    """``python compare.py OURS.jsonl ESI.jsonl``: the grouped differences as markdown."""
+    ours, theirs = load(argv[0]), load(argv[1])
+    diffs = [d for case in theirs for d in differences(case, ours.get(case, {}), theirs[case])]
+    print(f"acme: {counts(ours)}\nesi-acme: {counts(theirs)}\n"
+          f"{len(diffs)} differing fields in {len({d.case for d in diffs})} cases\n")
+    print(markdown(diffs))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(main(sys.argv[1:]))
