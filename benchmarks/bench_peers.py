@@ -22,9 +22,10 @@ Workloads, 2 workers:
 Peers: concurrent.futures.ProcessPoolExecutor (chunksize 1, and its best chunksize of
 a few tried), multiprocessing.Pool, joblib (loky; when installed), a hand-written
 ProcessPoolExecutor loop writing the same HDF5 files (W2, W3, W3s), and esi-acme with
-``--esi-acme``: from its own virtual environment (created with ``pip install esi-acme``
-in ~/.cache/acme-bench/esi-acme on first use, or the python given as
-``--esi-acme PYTHON``); it pulls Dask, so it stays out of this project's dependencies.
+``--esi-acme``: from its own virtual environment (``$ACME_ESI_VENV``, default
+~/.cache/acme-test/esi-acme, made by scripts/esi_acme_env.sh on first use; or the python
+given as ``--esi-acme PYTHON``), run with failing SLURM stubs first on PATH; it pulls
+Dask, so it stays out of this project's dependencies.
 A plot of the overhead per call against the number of calls is written to
 ``benchmarks/overhead.png`` when matplotlib is installed (``--plot FILE`` elsewhere).
 """
@@ -242,7 +243,9 @@ def run_esi_acme(python, workload):
 import json, resource, time, tempfile, os, numpy as np, sys
 sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
 import bench_peers as b
+import acme
 from acme import ParallelMap
+assert "site-packages" in acme.__file__, "not esi-acme: " + acme.__file__
 func, args = b.func_and_args({workload!r})
 disk = {workload!r} in {DISK_WORKLOADS!r}
 kw = dict(write_worker_results=disk, n_workers={WORKERS}, verbose=False)
@@ -257,42 +260,41 @@ if __name__ == "__main__":
     print("BENCH " + json.dumps({{"seconds": s, "first": None,
           "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
 """
-    return _measure([python, "-c", code], env=_laptop_env())
+    # From a neutral folder: `python -c` puts the current directory on sys.path, and
+    # from the checkout `import acme` would be ours.
+    return _measure([python, "-c", code], env=_laptop_env(), cwd=tempfile.gettempdir())
 
 
-SLURM_TOOLS = {"sinfo", "squeue", "srun", "sbatch", "scontrol", "scancel", "salloc", "sacct"}
+ESI_VENV = os.environ.get("ACME_ESI_VENV",
+                          os.path.expanduser("~/.cache/acme-test/esi-acme"))
+ESI_ENV_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "scripts", "esi_acme_env.sh")
 
 
 def _laptop_env() -> dict:
-    """An environment in which SLURM's commands are not found: esi-acme then starts
-    its local Dask cluster, as on a laptop, even on a machine that has SLURM."""
-    folder = os.path.expanduser("~/.cache/acme-bench/path-without-slurm")
-    if not os.path.isdir(folder):
-        os.makedirs(folder)
-        for directory in os.environ.get("PATH", "").split(os.pathsep):
-            if not os.path.isdir(directory):
-                continue
-            for name in os.listdir(directory):
-                target = os.path.join(folder, name)
-                if name not in SLURM_TOOLS and not os.path.lexists(target):
-                    os.symlink(os.path.join(directory, name), target)
-    return dict(os.environ, PATH=folder)
+    """An environment in which SLURM's commands fail: esi-acme then starts its local
+    Dask cluster, as on a laptop, even on a machine that has SLURM (the stubs are made
+    by scripts/esi_acme_env.sh)."""
+    stubs = os.path.join(ESI_VENV, "nosl")
+    if not os.path.isdir(stubs):
+        raise SystemExit(f"no SLURM stubs in {stubs}: run scripts/esi_acme_env.sh "
+                         "(ACME_ESI_VENV names the venv)")
+    return dict(os.environ, PATH=stubs + os.pathsep + os.environ.get("PATH", ""))
 
 
 def esi_acme_python() -> str:
-    """The python of a virtual environment with esi-acme, made on first use."""
-    venv = os.path.expanduser("~/.cache/acme-bench/esi-acme")
-    python = os.path.join(venv, "bin", "python")
-    if not os.path.exists(python):
-        print(f"creating {venv} with esi-acme from PyPI (once) ...", flush=True)
-        subprocess.run([sys.executable, "-m", "venv", venv], check=True)
-        subprocess.run([python, "-m", "pip", "install", "-q", "esi-acme", "h5py", "numpy"],
-                       check=True)
+    """The python of esi-acme's venv, made by scripts/esi_acme_env.sh when missing
+    (the same venv and SLURM stubs as the parity suite, tests/test_esi_parity.py)."""
+    python = os.path.join(ESI_VENV, "bin", "python")
+    if not (os.path.exists(python) and os.path.isdir(os.path.join(ESI_VENV, "nosl"))):
+        subprocess.run(["bash", ESI_ENV_SCRIPT], check=True, stdin=subprocess.DEVNULL,
+                       env=dict(os.environ, ACME_ESI_VENV=ESI_VENV))
     return python
 
 
-def _measure(cmd, env=None):
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+def _measure(cmd, env=None, cwd=None):
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env,
+                         cwd=cwd)
     for line in out.stdout.splitlines():
         if line.startswith("BENCH "):
             return json.loads(line[6:])
