@@ -160,6 +160,26 @@ def test_script_in_a_checkout_imports_that_checkouts_backends(clone_a, work):
         clone_a / "backends" / "local.py")
 
 
+
+def test_a_notebook_started_in_a_checkout_uses_its_backends(clone_a):
+    """A real Jupyter kernel (nbclient) whose working directory is the checkout."""
+    try:
+        import nbclient
+        import nbformat
+    except ImportError as exc:
+        require(False, f"nbclient/nbformat are not installed: {exc}")
+    definition, run_map = PROBE.split('if __name__ == "__main__":')
+    run_map = "\n".join(line[4:] for line in run_map.splitlines())  # dedent the block
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(definition),
+                                         nbformat.v4.new_code_cell(run_map)])
+    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
+                            resources={"metadata": {"path": str(clone_a)}}).execute()
+    text = "".join(out.get("text", "") for out in nb.cells[1].outputs)
+    found = json.loads(text.strip().splitlines()[-1])
+    assert found["local"] == str(clone_a / "backends" / "local.py"), found
+    assert found["acme"] == str(clone_a / "acme" / "__init__.py"), found
+    assert found["results"] == [1, 4, 9]
+
 def test_two_editable_clones_each_see_their_own(work, clone_a):
     clone_b = clone(work / "clone_b")
     venv = Venv(work / "venv_editable")
