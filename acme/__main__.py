@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from typing import Optional
 
@@ -73,9 +74,10 @@ def run_status(folder: str) -> dict:
     failures = {i: f for i, f in state.failures().items()
                 if i not in done and i not in damaged and 0 <= i < n_calls}
     missing = sorted(set(range(n_calls)) - set(done) - set(failures))
+    files = {i: rel for i, (rel, _) in run.journal.items() if i in done}
     return {"folder": folder, "function": record.get("function"), "n_calls": n_calls,
             "mode": mode, "done": sorted(done), "failed": failures, "damaged": damaged,
-            "missing": missing, "started": record.get("started")}
+            "missing": missing, "started": record.get("started"), "files": files}
 
 
 def _field(record: dict, key: str, default: str = "?") -> str:
@@ -111,9 +113,10 @@ def _print_status(status: dict) -> None:
 def cmd_status(args) -> int:
     status = run_status(args.folder)
     if args.json:
-        out = dict(status, failed={str(i): f"{f.get('type', '?')}: {f.get('message', '')}"
+        out = dict(status, files=None, failed={str(i): f"{f.get('type', '?')}: {f.get('message', '')}"
                                    for i, f in status["failed"].items()},
                    damaged={str(i): why for i, why in status["damaged"].items()})
+        del out["files"]  # (the journal has them; one entry per call)
         print(json.dumps(out, indent=1))  # JSON escapes control characters itself
     else:
         _print_status(status)
@@ -164,13 +167,45 @@ def _run_status_for_show(container: str) -> Optional[dict]:
     return status if OutputLayout(folder, stem).container == container else None
 
 
+_CALL_FILE = re.compile(r"^(.+)_(\d+)\.(h5|pickle)$")
+
+
+def _call_files(folder: str, pickles_only: bool = False) -> dict[int, str]:
+    """Per-call files of a folder without acme records (esi-acme): ``<func>_<i>.h5``
+    and ``<func>_<i>.pickle`` at its top level, or pickles in ``<func>_payload/``;
+    index -> path relative to ``folder``. Empty unless they belong to one function."""
+    found: dict[int, str] = {}
+    stems = set()
+    for sub in ("",) + tuple(n for n in sorted(os.listdir(folder))
+                             if n.endswith("_payload")):
+        try:
+            names = os.listdir(os.path.join(folder, sub))
+        except OSError:
+            continue
+        for name in names:
+            match = _CALL_FILE.match(name)
+            if not match or (pickles_only or sub) and match.group(3) != "pickle":
+                continue
+            if sub and match.group(1) + "_payload" != sub:
+                continue
+            stems.add(match.group(1))
+            found[int(match.group(2))] = os.path.join(sub, name)
+    return found if len(stems) == 1 else {}
+
+
 def cmd_show(args) -> int:
     import h5py
     from .readers import find_container
     try:
         container = find_container(args.folder)
     except FileNotFoundError as exc:
-        return _show_without_container(args.folder, exc)
+        return _show_without_container(args.folder, exc, args.limit)
+    folder = os.path.dirname(container)
+    if os.path.isdir(args.folder) and not RunState(folder).exists():
+        calls = _call_files(folder)
+        if len(calls) > 1 and os.path.relpath(container, folder) in calls.values():
+            # esi-acme's per-call files (no container), only one of them .h5
+            return _show_without_container(args.folder, FileNotFoundError(), args.limit)
     try:
         status = _run_status_for_show(container)
         h5f = h5py.File(container, "r")
@@ -178,36 +213,72 @@ def cmd_show(args) -> int:
         raise NotARun(f"{args.folder} is not an acme output folder or container, or it "
                       f"cannot be read: {exc}") from None
     print(container)
-    missing_files = 0
     with h5f:
         for key, value in h5f.attrs.items():
             if key.startswith("acme_") and key != "acme_missing_calls":
                 print(f"  @{printable(key)} = {printable(value)}")
         if status is not None:  # an acme run: its records say which calls have results
             missing = sorted(set(status["missing"]) | set(status["failed"]))
-        else:
-            missing = [int(i) for i in h5f.attrs.get("acme_missing_calls", [])]
+            pickled = {i: rel for i, rel in status["files"].items()
+                       if rel.endswith(".pickle")}
+        else:  # a pickled call has a result, though not in the container
+            pickled = _call_files(folder, pickles_only=True)
+            missing = sorted({int(i) for i in h5f.attrs.get("acme_missing_calls", [])}
+                             - set(pickled))
         if missing:
             print(f"  calls without a result: {_ranges(missing)}")
         missing_files = _show_names(h5f, args.limit)
+    _show_call_files(folder, pickled, args.limit, "not in the container")
     return EXIT_INCOMPLETE if missing_files or missing else EXIT_OK
 
 
-def _show_without_container(folder: str, exc: Exception) -> int:
-    """An acme run stopped before its container was written: say what it has."""
+def _show_without_container(folder: str, exc: Exception, limit: int) -> int:
+    """A folder of per-call files (write_pickle, esi-acme's pickle fallback) or an acme
+    run stopped before its container was written: say which calls have which file."""
     folder = os.path.abspath(os.path.expanduser(folder))
-    if not (os.path.isdir(folder) and RunState(folder).exists()):
-        raise NotARun(f"{folder} is not an acme output folder or container: {exc}")
-    status = run_status(folder)
-    if status["mode"] == "pickle":
-        raise NotARun(f"{folder} holds a write_pickle run, which has no container "
-                      "(`acme status` lists its calls)")
-    print(f"{folder}: no container yet (the run was stopped before writing it; "
-          "resume=True writes it)")
-    missing = sorted(set(status["missing"]) | set(status["failed"]))
-    print(f"  calls with a result: {_ranges(status['done'])}")
+    if os.path.isdir(folder) and RunState(folder).exists():
+        status = run_status(folder)
+        files = {i: status["files"][i] for i in status["done"]}
+        missing = sorted(set(status["missing"]) | set(status["failed"]))
+        if status["missing"] and status["mode"] != "pickle":
+            print(f"{folder}: no container yet (the run was stopped before writing it; "
+                  "resume=True writes it)")
+        else:
+            print(f"{folder}: {status['n_calls']} calls, one file each (no container)")
+    else:
+        files = _call_files(folder) if os.path.isdir(folder) else {}
+        if not files:
+            raise NotARun(f"{folder} is not an acme output folder or container: {exc}")
+        print(f"{folder}: one file per call (no container)")
+        missing = sorted(set(range(max(files) + 1)) - set(files))
+    print(f"  calls with a result: {_ranges(sorted(files))}")
     print(f"  calls without a result: {_ranges(missing)}")
+    _show_call_files(folder, files, limit, "")
     return EXIT_INCOMPLETE if missing else EXIT_OK
+
+
+def _show_call_files(folder: str, files: dict, limit: int, pickle_note: str) -> None:
+    """One line per call file (at most ``limit``), with an HDF5 file's datasets."""
+    import h5py
+    for index in sorted(files)[:limit]:
+        rel = files[index]
+        path = os.path.join(folder, rel)
+        if rel.endswith(".pickle"):
+            try:
+                size = f"{os.path.getsize(path)} bytes"
+            except OSError as exc:
+                size = f"unreadable: {exc.strerror or exc}"
+            note = f", {pickle_note}" if pickle_note else ""
+            print(f"  call {index}: {printable(rel)} (pickle, {size}{note})")
+            continue
+        print(f"  call {index}: {printable(rel)}")
+        try:
+            with h5py.File(path, "r") as h5f:
+                h5f.visititems(_print_dataset)
+        except OSError as exc:
+            print(f"      MISSING (the file cannot be read: {printable(exc)})")
+    if len(files) > limit:
+        print(f"  ... and {len(files) - limit} more call files (--limit to show more)")
 
 
 def _show_names(h5f, limit: int) -> int:

@@ -302,3 +302,82 @@ def test_the_console_script_works_like_python_m_acme(runs, args):
     script = cli(*args, console=True)
     assert (script.code, script.stdout, script.stderr) == \
         (module.code, module.stdout, module.stderr), f"{script}\n\nvs python -m acme:\n{module}"
+
+
+# ------------------------------------------------------------------ pickled calls
+def dict_at_2(x):
+    if x == 2:
+        return {"not": "HDF5"}  # HDF5 cannot hold it: pickled
+    return x * 2
+
+
+ESI_VENV = os.environ.get("ACME_ESI_VENV",
+                          os.path.expanduser("~/.cache/acme-test/esi-acme"))
+
+ESI_SCRIPT = """
+from acme import ParallelMap
+def dict_at_2(x):
+    if x == 2:
+        return {"not": "HDF5"}
+    return x * 2
+if __name__ == "__main__":
+    with ParallelMap(dict_at_2, [1, 2, 3], output_dir=OUT, n_workers=2,
+                     setup_interactive=False) as pmap:
+        pmap.compute()
+"""
+
+
+@pytest.mark.parametrize("options", [{}, {"single_file": True}, {"write_pickle": True}],
+                         ids=["files", "single_file", "write_pickle"])
+def test_show_counts_pickled_calls_as_results(tmp_path, options):
+    """A call whose value was pickled has a result; `acme show` says where it is."""
+    out = tmp_path / "out"
+    with ParallelMap(dict_at_2, [1, 2, 3], output_dir=str(out), backend="local",
+                     n_workers=2, verbose=False, **options) as pmap:
+        pmap.compute()
+    r = cli("show", out)
+    assert r.code == 0, str(r)
+    assert "calls without a result: 1" not in r.stdout, r.stdout
+    assert re.search(r"^  call 1: \S*dict_at_2_1\.pickle \(pickle, \d+ bytes", r.stdout,
+                     re.M), r.stdout
+    if not options.get("write_pickle"):  # a copy without acme's records: the same
+        copy = tmp_path / "copy"
+        shutil.copytree(out, copy)
+        shutil.rmtree(copy / ".acme")
+        r = cli("show", copy)
+        assert r.code == 0 and "without a result: 1" not in r.stdout, str(r)
+        assert "call 1: dict_at_2_payload/dict_at_2_1.pickle" in r.stdout, r.stdout
+
+
+def test_show_reads_esi_acme_folder_with_a_pickled_call(tmp_path, require):
+    """esi-acme 2026.6.2 removes the container when a call's value was pickled and
+    leaves f_0.h5, f_1.pickle, f_2.h5: show lists them (it refused the folder)."""
+    python = os.path.join(ESI_VENV, "bin", "python")
+    require(os.path.exists(python), f"no esi-acme venv at {ESI_VENV} "
+                                    "(scripts/esi_acme_env.sh)")
+    stubs = tmp_path / "nosl"  # esi-acme takes any host with `sinfo` for a cluster
+    stubs.mkdir()
+    for name in ("sinfo", "squeue", "srun", "sbatch", "scancel", "scontrol", "sacct"):
+        (stubs / name).write_text("#!/bin/sh\nexit 127\n")
+        (stubs / name).chmod(0o755)
+    out = tmp_path / "esi_out"
+    script = tmp_path / "esi_script.py"
+    script.write_text(ESI_SCRIPT.replace("OUT", repr(str(out))))
+    env = dict(os.environ, PATH=f"{stubs}:{os.environ['PATH']}")
+    proc = subprocess.run([python, str(script)], cwd=tmp_path, env=env, timeout=240,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    names = sorted(p.name for p in out.iterdir() if not p.name.endswith(".log"))
+    assert names == ["dict_at_2_0.h5", "dict_at_2_1.pickle", "dict_at_2_2.h5"], names
+    r = cli("show", out)
+    assert r.code == 0, str(r)
+    lines = r.stdout.splitlines()
+    assert "  calls with a result: 0-2" in lines and "  calls without a result: none" \
+        in lines, r.stdout
+    assert re.search(r"^  call 1: dict_at_2_1\.pickle \(pickle, \d+ bytes\)$", r.stdout,
+                     re.M), r.stdout
+    k = lines.index("  call 0: dict_at_2_0.h5")
+    assert lines[k + 1].startswith("      result_0: shape "), r.stdout
+    (out / "dict_at_2_0.h5").unlink()  # a lost file is a call without a result
+    r = cli("show", out)
+    assert r.code == 1 and "  calls without a result: 0" in r.stdout.splitlines(), str(r)
