@@ -162,7 +162,7 @@ def test_every_known_difference_still_occurs(runs):
                        + "\n".join(json.dumps(e) for e in stale))
 
 
-def test_report_counts(runs):
+def test_report_counts(runs, capsys):
     """Write what was compared (counts) and every difference (the table) to files."""
     both = [c for c in runs["esi"] if c in runs["ours"]]
     diffs = [d for case in both for d in _differences(runs, case)]
@@ -180,7 +180,8 @@ def test_report_counts(runs):
     (folder / "parity_report.md").write_text(
         f"# acme vs esi-acme {ESI_VERSION}\n\n```\n{json.dumps(counts, indent=2)}\n```\n\n"
         + compare.markdown(diffs) + "\n")
-    print(f"\nparity: {json.dumps(counts)}\nparity report: {folder / 'parity_report.md'}")
+    with capsys.disabled():  # the counts are wanted in CI logs too, not only with -s
+        print(f"\nparity: {json.dumps(counts)}\nparity report: {folder / 'parity_report.md'}")
     assert counts["cases"] == len(corpus.CASES) and shared["datasets"] > 0, counts
 
 

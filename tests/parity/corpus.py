@@ -213,16 +213,23 @@ CASES: list[Case] = [
     Case("pickle_scalar", scalar_float, (X,), options={"write_pickle": True}),
     Case("pickle_several", several, (X,), options={"write_pickle": True}),
     Case("pickle_array", arr_f32_2d, (X,), options={"write_pickle": True}),
+    Case("pickle_shape", row4, (X,), options={"write_pickle": True, **SHAPE4}),
     # -- values HDF5 cannot hold: the pickle fallback
     Case("fallback_dict", gives_dict, (X,)),
     Case("fallback_none", gives_none, (X,)),
     Case("fallback_object", gives_object, (X,)),
     Case("fallback_one_call", dict_for_one, (X,)),
+    # call 5: esi-acme names its pickle with "gives_dict_5.h5".rstrip(".h5") (DESIGN §2)
+    Case("fallback_six_calls", gives_dict, (list(range(6)),)),
     # -- a failed call
     Case("fail_default", fails_at_2, (X,)),
     Case("fail_shape", row4_fails_at_2, (X,), options=SHAPE4),
     Case("fail_single", fails_at_2, (X,), options={"single_file": True}),
     Case("fail_memory", fails_at_2, (X,), options=MEMORY),
+    # -- esi-acme's known defects (DESIGN §2): shapes not checked, (1, N) arrays, no input
+    Case("shape_mismatch", row4, (X,), options={"result_shape": (None, 5)}),
+    Case("split_1xN_array", two_args, (np.arange(N).reshape(1, N), 3), options=MEMORY),
+    Case("empty_input", scalar_float, ([],), options=MEMORY),
     # -- taskID and keyword splitting
     Case("task_id", with_task_id, (X,)),
     Case("task_id_memory", with_task_id, (X,), options=MEMORY),

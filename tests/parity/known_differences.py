@@ -10,5 +10,20 @@ esi-acme" says the same to users.
 """
 from __future__ import annotations
 
+_SHAPES_UNCHECKED = (
+    "esi-acme does not check a call's return value against result_shape: it writes a "
+    "container whose virtual dataset does not match its sources. acme refuses such a call "
+    "with a ResultShapeError that names it, and writes no container for it.")
+_ROW_ARRAY = (
+    "esi-acme gives every call the whole (1, N) array instead of one element per call; "
+    "acme squeezes it and splits it into N elements, as it does for a 1-D array.")
+_EMPTY = (
+    "acme refuses empty inputs (no calls to make) with a ValueError before anything starts; "
+    "esi-acme starts its workers and returns an empty list.")
+
 KNOWN: list[dict[str, str]] = [
+    {"case": "shape_mismatch", "path": "<return>", "field": "*", "reason": _SHAPES_UNCHECKED},
+    {"case": "shape_mismatch", "path": "out/*", "field": "exists", "reason": _SHAPES_UNCHECKED},
+    {"case": "split_1xN_array", "path": "<return>", "field": "value", "reason": _ROW_ARRAY},
+    {"case": "empty_input", "path": "<return>", "field": "*", "reason": _EMPTY},
 ]
