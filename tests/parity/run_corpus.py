@@ -194,7 +194,7 @@ def walk_folder(root: str) -> dict:
 # ------------------------------------------------------------------ one case
 def run_case(ParallelMap: Any, case: corpus.Case, workdir: str) -> dict:
     """Run one map in its own folder and describe its return value and files."""
-    root = os.path.realpath(os.path.join(workdir, case.name))
+    case_root = root = os.path.realpath(os.path.join(workdir, case.name))
     os.makedirs(root)
     os.chdir(root)
     options = corpus.options_of(case)
@@ -215,21 +215,24 @@ def run_case(ParallelMap: Any, case: corpus.Case, workdir: str) -> dict:
             root, record["auto_folder_in"] = auto_folder(paths_root, root, case)
         record["returned"] = relative(encode(result), paths_root)
         record["container"] = relative(container, paths_root)
-    except BaseException as exc:  # what raised is a result of the case, recorded
-        if isinstance(exc, KeyboardInterrupt):
-            raise
-        text = str(exc).strip().splitlines()
-        record["raised"] = {"type": type(exc).__name__,
-                            "mro": [cls.__name__ for cls in type(exc).__mro__],
-                            "message": relative(STAMP.sub("<stamp>", text[0] if text else ""),
-                                                root)[:300]}
-        record["traceback"] = traceback.format_exc()[-3000:]
+    except Exception as exc:  # what raised is a result of the case, recorded
+        record["raised"] = describe_exception(exc, root)
     finally:
         os.chdir(workdir)
     record["files"] = walk_folder(root)
-    if root != os.path.realpath(os.path.join(workdir, case.name)):
+    if root != case_root:
         shutil.rmtree(root)  # an auto-named folder outside the case folder: walked, gone
     return record
+
+
+def describe_exception(exc: BaseException, root: str) -> dict:
+    """Type (with its bases: a subclass is caught the same) and first line of ``exc``."""
+    text = str(exc).strip().splitlines()
+    first = STAMP.sub("<stamp>", text[0] if text else "")
+    return {"type": type(exc).__name__,
+            "mro": [cls.__name__ for cls in type(exc).__mro__],
+            "message": first.replace(root + os.sep, "<case>/")[:300],
+            "traceback": traceback.format_exc()[-3000:]}
 
 
 def auto_folder(parent: str, case_root: str, case: corpus.Case) -> tuple[str, str]:
