@@ -10,8 +10,8 @@ _refuse_mixed_tree(str(_Path(__file__).resolve().parent))
 _map_checkout_backends(_Path(__file__).resolve().parent)
 del _Path, _map_checkout_backends, _refuse_mixed_tree
 
-from .clusters import (cluster_cleanup, esi_cluster_setup, local_cluster_setup,
-                       slurm_cluster_setup)
+from .clusters import (bic_cluster_setup, cluster_cleanup, esi_cluster_setup,
+                       local_cluster_setup, slurm_cluster_setup)
 from .errors import ParallelMapError, RemoteTraceback, WorkerDied, CallTimeout
 from .inputs import ArgumentMismatchError
 from .parallel_map import ParallelMap
@@ -21,6 +21,7 @@ from .result_spec import ResultShapeError
 __version__ = "0.1.0"
 
 __all__ = ["ParallelMap", "ParallelMapError", "RemoteTraceback", "WorkerDied",
-           "CallTimeout", "ArgumentMismatchError", "ResultShapeError", "MissingResultError", "find_container", "load_call",
-           "load_stacked", "local_cluster_setup", "slurm_cluster_setup",
-           "esi_cluster_setup", "cluster_cleanup", "__version__"]
+           "CallTimeout", "ArgumentMismatchError", "ResultShapeError", "MissingResultError",
+           "find_container", "load_call", "load_stacked", "local_cluster_setup",
+           "slurm_cluster_setup", "esi_cluster_setup", "bic_cluster_setup",
+           "cluster_cleanup", "__version__"]

@@ -1,4 +1,4 @@
-"""acme and esi-acme in one environment: find the mixed or foreign ``acme`` and say what to run.
+"""acme and esi-acme in one environment: find a mixed or foreign ``acme``, say what to run.
 
 Both distributions install the import package ``acme``. Installed into one folder they
 mix their files silently, and uninstalling one deletes files of the other: uninstalling
@@ -69,22 +69,34 @@ def _our_source(site_dir: str) -> str:
     return "<the acme source folder or wheel>"
 
 
-def mixed_message(package_dir: str, problem: str) -> str:
+def _on_pythonpath(folder: str) -> bool:
+    entries = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    return os.path.realpath(folder) in {os.path.realpath(e) for e in entries if e}
+
+
+def mixed_message(package_dir: str, problem: str, foreign: bool = False) -> str:
     """The message for the ``acme`` folder ``package_dir`` in trouble: ``problem``, then
-    the pip commands that leave one acme in this environment."""
+    the pip commands that leave one acme in this environment. ``foreign``: the folder
+    is only esi-acme's (ours, elsewhere, is intact), so removing esi-acme is enough."""
     site_dir = os.path.dirname(package_dir)
     pip = f"{sys.executable} -m pip"
     ours = _dist_version(site_dir, "acme-")
     esi = _dist_version(site_dir, "esi_acme-")
     found = [f"acme {ours}"] * bool(ours) + [f"esi-acme {esi}"] * bool(esi)
+    if not foreign:
+        commands = [f"{pip} uninstall -y esi-acme acme",
+                    f"{pip} install {_our_source(site_dir)}"]
+    elif _on_pythonpath(site_dir):  # pip uninstalls nothing outside the environment
+        commands = [f"remove {site_dir} from PYTHONPATH"]
+    else:
+        commands = [f"{pip} uninstall -y esi-acme"]
     return (
         f"{problem}\n"
         f"Folder: {package_dir}\nInstalled there: {', '.join(found) or 'no acme'}\n"
         "acme and esi-acme both install the import package `acme`, so one environment "
         "can hold only one of them: installing one over the other mixes their files, "
-        "and uninstalling either deletes files of the other. To use this acme, run:\n"
-        f"    {pip} uninstall -y esi-acme acme\n"
-        f"    {pip} install {_our_source(site_dir)}\n"
+        "and uninstalling either deletes files of the other. To use this acme:\n"
+        + "".join(f"    {command}\n" for command in commands) +
         "To keep esi-acme too, give it a virtual environment of its own "
         "(python3 -m venv DIR). Result files written by either package stay readable.")
 
@@ -107,8 +119,8 @@ def refuse_mixed_tree(package_dir: str) -> None:
 
 
 def _guard_problem(spec: object) -> Optional[tuple]:
-    """``(package_dir, what is wrong)`` for an ``acme`` module spec the guard must stop,
-    or None to let the import go on."""
+    """The :func:`mixed_message` arguments for an ``acme`` module spec the guard must
+    stop, or None to let the import go on."""
     origin = getattr(spec, "origin", None)
     if origin in (None, "namespace"):  # a folder without __init__.py
         for folder in getattr(spec, "submodule_search_locations", None) or []:
@@ -125,8 +137,8 @@ def _guard_problem(spec: object) -> Optional[tuple]:
         return folder, ("This `acme` is esi-acme's __init__.py over acme's files: "
                         "esi-acme was installed over acme.")
     if _dist_version(os.path.dirname(folder), "esi_acme-"):
-        return folder, ("`import acme` finds esi-acme's package, installed in the same "
-                        "environment as acme.")
+        return (folder, "`import acme` finds esi-acme's package, which comes before "
+                        "acme's on sys.path.", True)
     return None
 
 

@@ -25,7 +25,8 @@ from conftest import require
 REPO = Path(__file__).resolve().parents[1]
 ESI_ACME = "esi-acme==2026.6.2"
 #: What a clone takes from the working tree instead of its commit.
-PACKAGE_FILES = ("acme", "backends", "setup.cfg", "setup.py", "pyproject.toml", "MANIFEST.in")
+PACKAGE_FILES = ("acme", "backends", "setup.cfg", "setup.py", "pyproject.toml",
+                 "MANIFEST.in")
 
 # Prints where acme, its backends and one backend module came from, then runs a small
 # map on local worker processes: the quick start, as a user runs it in a checkout.
@@ -46,12 +47,15 @@ if __name__ == "__main__":
 """
 
 
-def run(cmd: list, cwd: Path, timeout: float = 120.0) -> subprocess.CompletedProcess:
-    """Run ``cmd`` without this checkout on PYTHONPATH; on timeout kill its process
-    group (by its PID) and fail."""
+def run(cmd: list, cwd: Path, timeout: float = 120.0,
+        pythonpath: str = "") -> subprocess.CompletedProcess:
+    """Run ``cmd`` without this checkout on PYTHONPATH (``pythonpath`` instead); on
+    timeout kill its process group (by its PID) and fail."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(PIP_NO_INPUT="1", PIP_DISABLE_PIP_VERSION_CHECK="1",
                PIP_ROOT_USER_ACTION="ignore", ACME_AUTO_SLURM="0")
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
     proc = subprocess.Popen([str(c) for c in cmd], cwd=cwd, env=env, text=True,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True)
@@ -107,8 +111,9 @@ class Venv:
         return ok([sys.executable, "-m", "pip", "--python", self.python, *args],
                   self.path, timeout=240)
 
-    def python_c(self, code: str, cwd: Path) -> subprocess.CompletedProcess:
-        return run([self.python, "-c", code], cwd)
+    def python_c(self, code: str, cwd: Path,
+                 pythonpath: str = "") -> subprocess.CompletedProcess:
+        return run([self.python, "-c", code], cwd, pythonpath=pythonpath)
 
 
 @pytest.fixture(scope="module")
@@ -254,6 +259,18 @@ def test_esi_acme_installed_over_ours_is_refused(work, wheels):
     assert result.returncode != 0
     assert "esi-acme's __init__.py over acme's files" in result.stderr
     _follow(venv, fix_commands(result.stderr), work)
+
+
+def test_an_esi_acme_found_before_ours_is_refused(work, wheels):
+    venv = Venv(work / "venv_esi_first")
+    venv.pip("install", "-q", "--no-deps", wheels["ours"])
+    elsewhere = work / "esi_target"
+    venv.pip("install", "-q", "--no-deps", "--target", str(elsewhere), wheels["esi"])
+    result = venv.python_c("import acme", work, pythonpath=str(elsewhere))
+    assert result.returncode != 0
+    assert "finds esi-acme's package, which comes before acme's" in result.stderr
+    assert f"    remove {elsewhere} from PYTHONPATH\n" in result.stderr
+    assert probe(venv.python, work)["results"] == [1, 4, 9]  # ours, without it
 
 
 def _follow(venv: Venv, commands: list, cwd: Path) -> None:
