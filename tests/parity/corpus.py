@@ -220,12 +220,14 @@ CASES: list[Case] = [
     Case("fallback_object", gives_object, (X,)),
     Case("fallback_one_call", dict_for_one, (X,)),
     # call 5: esi-acme names its pickle with "gives_dict_5.h5".rstrip(".h5") (DESIGN §2)
+    Case("single_fallback_dict", gives_dict, (X,), options={"single_file": True}),
     Case("fallback_six_calls", gives_dict, (list(range(6)),)),
     # -- a failed call
     Case("fail_default", fails_at_2, (X,)),
     Case("fail_shape", row4_fails_at_2, (X,), options=SHAPE4),
     Case("fail_single", fails_at_2, (X,), options={"single_file": True}),
     Case("fail_memory", fails_at_2, (X,), options=MEMORY),
+    Case("fail_pickle", fails_at_2, (X,), options={"write_pickle": True}),
     # -- esi-acme's known defects (DESIGN §2): shapes not checked, (1, N) arrays, no input
     Case("shape_mismatch", row4, (X,), options={"result_shape": (None, 5)}),
     Case("split_1xN_array", two_args, (np.arange(N).reshape(1, N), 3), options=MEMORY),
@@ -250,6 +252,7 @@ CASES: list[Case] = [
     Case("memory_two_scalars", two_scalars, (X,), options=MEMORY),
     Case("memory_shape", row4, (X,), options={**MEMORY, **SHAPE4}),
     Case("memory_shape_last", row4, (X,), options={**MEMORY, "result_shape": (4, None)}),
+    Case("memory_shape_inf", ragged, (X,), options={**MEMORY, "result_shape": (None, np.inf)}),
     Case("memory_shape_dtype", row3_mixed, (X,),
          options={**MEMORY, "result_shape": (None, 3), "result_dtype": "int32"}),
     Case("memory_shape_several", row4_and_scalar, (X,), options={**MEMORY, **SHAPE4}),
