@@ -1,12 +1,15 @@
 """Command line: inspect a run's output folder.
 
-    python -m acme status DIR     done / failed / missing calls, each failure's first line
-    python -m acme errors DIR     full tracebacks of the failed calls
-    python -m acme show DIR       the container's datasets, shapes and dtypes
+    python -m acme status DIR          done / failed / missing calls, each failure's first line
+    python -m acme status --watch DIR  follow a live run until it ends, then its status
+    python -m acme errors DIR          full tracebacks of the failed calls
+    python -m acme show DIR            the container's datasets, shapes and dtypes
+    python -m acme show --plot DIR     also a PNG of call durations, memory and failures
 
 Exit codes: 0 all calls done (status) / no failures (errors) / nothing missing (show);
 1 some calls failed, are missing, or their files are damaged; 2 bad usage, not an acme
-output folder, or its records in ``.acme`` cannot be read.
+output folder, or its records in ``.acme`` cannot be read; ``--watch``: 3 still running
+at ``--timeout``, 130 stopped with Ctrl-C.
 
 Text that comes from the run (call messages, tracebacks, host and dataset names) is
 printed with control characters escaped (``\\x1b``), so that a hostile message cannot
@@ -15,10 +18,14 @@ move the cursor or recolour the terminal.
 from __future__ import annotations
 
 import argparse
+import fcntl
+import glob
 import json
 import os
 import re
+import struct
 import sys
+import time
 from typing import Optional
 
 from .layout import OutputLayout
@@ -111,6 +118,10 @@ def _print_status(status: dict) -> None:
 
 
 def cmd_status(args) -> int:
+    if args.watch:
+        if args.json:
+            raise NotARun("--watch and --json do not go together")
+        return watch(args.folder, args.interval, args.timeout)
     status = run_status(args.folder)
     if args.json:
         out = dict(status, files=None, failed={str(i): f"{f.get('type', '?')}: {f.get('message', '')}"
@@ -309,6 +320,147 @@ def _show_names(h5f, limit: int) -> int:
     return missing_files
 
 
+
+# ------------------------------------------------------------------ status --watch
+EXIT_STILL_RUNNING, EXIT_INTERRUPTED = 3, 130
+_FLOCK = "hhqqixxxx"  # struct flock (Linux): type, whence, start, len, pid
+
+
+def lock_holder_pid(folder: str) -> Optional[int]:
+    """PID of the process that holds the run's lock in ``folder`` now, else None.
+
+    Asks with F_GETLK, which takes no lock (a run that starts meanwhile is not
+    disturbed) and needs only read access to the lock file."""
+    try:
+        fd = os.open(RunState(folder).lock_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        query = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+        answer = struct.unpack(_FLOCK, fcntl.fcntl(fd, fcntl.F_GETLK, query))
+    except OSError:  # no F_GETLK here: the probe that takes the lock for a moment
+        return -1 if RunState(folder).holder() else None
+    finally:
+        os.close(fd)
+    return None if answer[0] == fcntl.F_UNLCK else answer[4]
+
+
+class _Counter:
+    """Calls done (journal) and failed (failure records) of a run, read cheaply: the
+    journal is read on from where the last look ended."""
+
+    def __init__(self, folder: str):
+        self.state = RunState(folder)
+        self.done: set = set()
+        self.offset = 0
+        self.inode = None
+
+    def read(self) -> tuple[int, int]:
+        try:
+            with open(self.state.done_file, "rb") as fh:
+                st = os.fstat(fh.fileno())
+                if st.st_ino != self.inode or st.st_size < self.offset:  # rewritten
+                    self.inode, self.offset, self.done = st.st_ino, 0, set()
+                fh.seek(self.offset)
+                data = fh.read()
+        except FileNotFoundError:
+            data = b""
+        end = data.rfind(b"\n") + 1  # a torn last line is read next time
+        self.offset += end
+        for line in data[:end].split(b"\n"):
+            head = line.split(b" ", 1)[0]
+            if head.isdigit():
+                self.done.add(int(head))
+        try:
+            names = os.listdir(self.state.failures_dir)
+        except OSError:
+            names = []
+        failed = {int(n[5:-5]) for n in names
+                  if n.startswith("call_") and n.endswith(".json") and n[5:-5].isdigit()}
+        return len(self.done), len(failed - self.done)
+
+
+def _slurm_jobs(folder: str) -> list[str]:
+    """Ids of the SLURM jobs that ran the map (their output logs in ``*_slurm/``)."""
+    logs = glob.glob(os.path.join(glob.escape(folder), "*_slurm", "slurm-*.out"))
+    return sorted(os.path.basename(p)[6:-4] for p in logs)
+
+
+def watch(folder: str, interval: float, timeout: Optional[float]) -> int:
+    """Follow the live run in ``folder`` until it ends; then its full status."""
+    folder, run, record = _open_records(folder)
+    holder = lock_holder_pid(folder)
+    if holder is None:
+        print(f"{folder}: no run is using this folder now; its status:")
+        return _final_status(folder)
+    on_tty = sys.stdout.isatty()
+    try:
+        jobs = _slurm_jobs(folder)
+        where = f", SLURM job {', '.join(jobs)}" if jobs else ""
+        print(f"watching {folder}: {printable(record.get('function'))}, {run.n_calls} "
+              f"calls ({printable(run.mode)}), run by pid {holder} on "
+              f"{printable(record.get('host', '?'))}{where}; Ctrl-C stops watching "
+              "(not the run)", flush=True)
+        ended = _follow(folder, run.n_calls, interval, timeout, on_tty)
+    except KeyboardInterrupt:
+        print(f"{chr(10) if on_tty else ''}stopped watching (the run goes on)")
+        return EXIT_INTERRUPTED
+    if not ended:
+        print(f"{chr(10) if on_tty else ''}still running after {timeout:g} s "
+              "(stopped watching)", flush=True)
+        return EXIT_STILL_RUNNING
+    print(("\n" if on_tty else "") + "the run has ended; its status:", flush=True)
+    return _final_status(folder)
+
+
+def _follow(folder: str, n_calls: int, interval: float, timeout: Optional[float],
+            on_tty: bool) -> bool:
+    """Print the counts whenever they change until the run ends (True) or
+    ``timeout`` seconds have passed (False)."""
+    counter = _Counter(folder)
+    start, shown, first = time.monotonic(), None, counter.read()
+    while True:
+        live = lock_holder_pid(folder) is not None  # before the counts: none is lost
+        counts = counter.read()
+        if counts != shown:
+            shown = counts
+            line = _watch_line(counts, first, n_calls, time.monotonic() - start)
+            print(("\r" + line) if on_tty else line, end="" if on_tty else "\n",
+                  flush=True)
+        if not live:
+            return True
+        if timeout is not None and time.monotonic() - start >= timeout:
+            return False
+        time.sleep(interval)
+
+
+def _watch_line(counts: tuple, first: tuple, n_calls: int, elapsed: float) -> str:
+    done, failed = counts
+    new = done + failed - sum(first)
+    rate = new / elapsed if elapsed > 0 else 0.0
+    left = n_calls - done - failed
+    speed = f", {rate:.1f} calls/s" if rate > 0 else ""
+    eta = f", about {left / rate:.0f} s left" if rate > 0 and left else ""
+    return f"  {done}/{n_calls} done, {failed} failed, {left} to go{speed}{eta}"
+
+
+def _final_status(folder: str) -> int:
+    status = run_status(folder)
+    _print_status(status)
+    incomplete = status["failed"] or status["missing"] or status["damaged"]
+    return EXIT_INCOMPLETE if incomplete else EXIT_OK
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, not {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="acme", description="Inspect the output folder of an acme ParallelMap run.",
@@ -318,6 +470,12 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="done / failed / missing calls of a run")
     status.add_argument("folder", help="the run's output folder")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--watch", action="store_true",
+                        help="follow a live run (local, MPI or SLURM) until it ends")
+    status.add_argument("--interval", type=_positive, default=1.0,
+                        help="seconds between two looks with --watch (default 1)")
+    status.add_argument("--timeout", type=_positive, default=None,
+                        help="stop watching after this many seconds (exit code 3)")
     status.set_defaults(handler=cmd_status)
     errors = sub.add_parser("errors", help="full tracebacks of the failed calls")
     errors.add_argument("folder", help="the run's output folder")

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -381,3 +382,135 @@ def test_show_reads_esi_acme_folder_with_a_pickled_call(tmp_path, require):
     (out / "dict_at_2_0.h5").unlink()  # a lost file is a call without a result
     r = cli("show", out)
     assert r.code == 1 and "  calls without a result: 0" in r.stdout.splitlines(), str(r)
+
+
+# ------------------------------------------------------------------ status --watch
+WATCHED = """
+import sys, time
+from acme import ParallelMap
+
+def slow(x):
+    time.sleep(DELAY)
+    if x == 5:
+        raise ValueError("five")
+    return x
+
+if __name__ == "__main__":
+    try:
+        with ParallelMap(slow, list(range(N)), output_dir=sys.argv[1], verbose=False,
+                         BACKEND) as pmap:
+            pmap.compute()
+    except Exception as exc:
+        print("FAILED", exc.failed)
+"""
+
+BACKENDS = {"local": "backend='local', n_workers=2",
+            "mpi": "n_workers=2",  # under mpiexec: the MPI backend
+            "slurm": "backend='slurm', partition='small', n_workers=2"}
+
+
+def start_watched_run(tmp_path, kind: str, n: int = 30, delay: float = 0.2):
+    """Start a map of ``n`` calls (call 5 fails) in its own process group; return the
+    process and its output folder once the run holds the folder."""
+    from acme.__main__ import lock_holder_pid
+    script = tmp_path / f"watched_{kind}.py"
+    script.write_text(WATCHED.replace("BACKEND", BACKENDS[kind]).replace("N", str(n))
+                      .replace("DELAY", str(delay)))
+    out = tmp_path / f"out_{kind}"
+    env = dict(os.environ, ACME_AUTO_SLURM="0", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, str(script), str(out)]
+    if kind == "mpi":
+        from mpi_helpers import mpi_env, require_mpi
+        require_mpi()
+        env = mpi_env()
+        cmd = ["mpiexec", "-n", "3", sys.executable, "-m", "acme.mpi_run", str(script),
+               str(out)]
+    if kind == "slurm":
+        from mpi_helpers import require_slurm
+        require_slurm()
+        for key in ("SLURM_JOB_ID", "SLURM_JOBID"):  # submit as from a login node
+            env.pop(key, None)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=tmp_path, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while lock_holder_pid(str(out)) is None or not (out / ".acme" / "run.json").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop(proc)
+            pytest.fail(f"the {kind} run did not start: {proc.communicate()}")
+        time.sleep(0.05)
+    return proc, out
+
+
+def stop(proc) -> None:
+    """End the run's process group (and, for mpiexec, the ranks below it) by PID."""
+    if proc.poll() is None:
+        from mpi_helpers import _kill_launch
+        _kill_launch(proc.pid)
+    proc.wait(timeout=30)
+
+
+def counts_seen(text: str) -> list:
+    return [int(m.group(1)) for m in re.finditer(r"^  (\d+)/30 done, ", text, re.M)]
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("kind", ["local", "mpi", "slurm"])
+def test_watch_follows_a_live_run_until_it_ends(tmp_path, kind):
+    proc, out = start_watched_run(tmp_path, kind)
+    try:
+        r = cli("status", "--watch", out, "--interval", "0.2", timeout=180)
+        run_out, run_err = proc.communicate(timeout=120)
+    finally:
+        stop(proc)
+    assert proc.returncode == 0 and "FAILED [5]" in run_out, (run_out, run_err)
+    assert r.code == 1, str(r)  # call 5 failed
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith(f"watching {out}: __main__.slow, 30 calls"), r.stdout
+    seen = counts_seen(r.stdout)
+    assert seen == sorted(seen) and len(seen) >= 2, r.stdout
+    assert seen[0] < 29, f"the watch saw no call finish while the run was live: {seen}"
+    assert "the run has ended; its status:" in lines, r.stdout
+    assert re.search(r"^  done:    29$", r.stdout, re.M), r.stdout
+    assert re.search(r"^  failed:  1  \(calls 5\)$", r.stdout, re.M), r.stdout
+
+
+@pytest.mark.timeout(120)
+def test_watch_ends_at_its_timeout_and_at_ctrl_c_and_the_run_goes_on(tmp_path):
+    proc, out = start_watched_run(tmp_path, "local", delay=0.5)
+    try:
+        r = cli("status", "--watch", out, "--timeout", "1", "--interval", "0.2")
+        assert r.code == 3, str(r)
+        assert r.stdout.splitlines()[-1] == "still running after 1 s (stopped watching)"
+        watcher = subprocess.Popen([sys.executable, "-m", "acme", "status", "--watch",
+                                    str(out)], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True,
+                                   start_new_session=True)
+        try:
+            header = watcher.stdout.readline()
+            assert header.startswith("watching "), header
+            watcher.send_signal(signal.SIGINT)
+            w_out, w_err = watcher.communicate(timeout=30)
+        finally:
+            if watcher.poll() is None:
+                os.killpg(watcher.pid, signal.SIGKILL)
+                watcher.wait()
+        assert watcher.returncode == 130, (w_out, w_err)
+        assert w_out.splitlines()[-1] == "stopped watching (the run goes on)", w_out
+        assert "Traceback" not in w_err, w_err
+        run_out, _ = proc.communicate(timeout=90)
+    finally:
+        stop(proc)
+    assert proc.returncode == 0 and "FAILED [5]" in run_out
+    r = cli("status", "--watch", out)  # the run is over: its status, at once
+    assert r.code == 1 and "no run is using this folder now" in r.stdout, str(r)
+    assert re.search(r"^  done:    29$", r.stdout, re.M), r.stdout
+
+
+@pytest.mark.parametrize("args", [["--interval", "0"], ["--timeout", "-1"],
+                                  ["--interval", "soon"], ["--json"]])
+def test_watch_refuses_bad_options(runs, args):
+    r = cli("status", "--watch", runs["complete"], *args)
+    assert r.code == 2, str(r)
+    assert "Traceback" not in r.stderr
+    assert ("expected a number of seconds > 0" in r.stderr
+            or "--watch and --json do not go together" in r.stderr), r.stderr
