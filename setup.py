@@ -7,6 +7,8 @@ runs any more to say what happened. An install therefore also gets, next to the 
 ``acme/_install_guard.py``): at interpreter start the guard watches ``import acme`` and
 turns a broken or mixed ``acme`` folder into an ImportError that says which pip commands
 repair it. The guard looks only at ``import acme``; uninstalling acme removes it.
+An editable install (``pip install -e .``) gets no guard: its files stay in the checkout,
+where no other distribution's uninstall can delete them.
 """
 import shutil
 from pathlib import Path
@@ -24,6 +26,8 @@ class build_py_with_guard(build_py):
 
     def run(self):
         super().run()
+        if self.editable_mode:  # an editable install copies nothing (see the docstring)
+            return
         build_lib = Path(self.build_lib)
         shutil.copyfile(build_lib / "acme" / "_install_guard.py",
                         build_lib / f"{GUARD_MODULE}.py")
@@ -32,6 +36,8 @@ class build_py_with_guard(build_py):
             f"import {GUARD_MODULE}; {GUARD_MODULE}.install_guard()\n")
 
     def get_outputs(self, include_bytecode=True):
+        if self.editable_mode:
+            return super().get_outputs(include_bytecode)
         build_lib = Path(self.build_lib)
         return super().get_outputs(include_bytecode) + [
             str(build_lib / f"{GUARD_MODULE}.py"), str(build_lib / GUARD_PTH)]

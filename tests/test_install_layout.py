@@ -188,7 +188,12 @@ def test_a_notebook_started_in_a_checkout_uses_its_backends(clone_a):
 def test_two_editable_clones_each_see_their_own(work, clone_a):
     clone_b = clone(work / "clone_b")
     venv = Venv(work / "venv_editable")
-    venv.pip("install", "-q", "--no-deps", "--no-build-isolation", "-e", clone_a)
+    # the build's own log too: setuptools reports (and then ignores) a failing build step
+    result = run([sys.executable, "-m", "pip", "--python", venv.python, "install", "-v",
+                  "--no-deps", "--no-build-isolation", "-e", clone_a], work, timeout=240)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0 and "Successfully installed acme" in log, log
+    assert "Traceback" not in log, log
     # Installing B in editable mode re-points the environment's acme.backends to B:
     # this is how a script in A used to get B's backends.
     venv.pip("install", "-q", "--no-deps", "--no-build-isolation", "-e", clone_b)
