@@ -28,7 +28,8 @@ def checkout_backends_dir(package_dir: Path) -> Optional[Path]:
     if (package_dir / "backends").is_dir():
         return None
     root = package_dir.parent
-    if (root / "backends" / "__init__.py").is_file() and (root / "setup.cfg").is_file():
+    is_checkout = any((root / name).is_file() for name in ("setup.cfg", "pyproject.toml"))
+    if is_checkout and (root / "backends" / "__init__.py").is_file():
         return root / "backends"
     return None
 
