@@ -134,8 +134,10 @@ def _guard_problem(spec: object) -> Optional[tuple]:
         with open(origin, errors="replace") as f:
             if OUR_INIT_MARKER in f.read():
                 return None  # our __init__ runs refuse_mixed_tree itself
-        return folder, ("This `acme` is esi-acme's __init__.py over acme's files: "
-                        "esi-acme was installed over acme.")
+        if any(os.path.exists(os.path.join(folder, m)) for m in ESI_ACME_MARKERS):
+            return folder, ("This `acme` is esi-acme's __init__.py over acme's files: "
+                            "esi-acme was installed over acme.")
+        return None
     if _dist_version(os.path.dirname(folder), "esi_acme-"):
         return (folder, "`import acme` finds esi-acme's package, which comes before "
                         "acme's on sys.path.", True)
