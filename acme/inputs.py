@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
@@ -217,6 +218,36 @@ def _number_of_calls(n_inputs: Union[int, str], candidates: list, name: str) -> 
     return found[0]
 
 
+def _open_hdf5_object(value: Any) -> Optional[str]:
+    """How an open h5py object (dataset, group, file) is named, or None."""
+    h5py = sys.modules.get("h5py")  # a script that passes one has imported h5py
+    if h5py is None or not isinstance(value, h5py.HLObject):
+        return None
+    try:
+        return f"{type(value).__name__} {value.name!r} of the file {value.file.filename!r}"
+    except Exception:  # noqa: BLE001 - e.g. a closed file: it is refused all the same
+        return f"{type(value).__name__} (its file is closed)"
+
+
+def _refuse_open_hdf5(name: str, args: tuple, kwargs: dict) -> None:
+    """An open h5py object cannot travel to another process (and acme cannot tell
+    whether its data is still being written): ask for the file name instead."""
+    labelled = [(f"positional argument {k}", a) for k, a in enumerate(args)]
+    labelled += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
+    for label, value in labelled:
+        inner = list(enumerate(value)) if isinstance(value, (list, tuple)) else []
+        for where, item in [(label, value)] + [(f"element {i} of {label}", v)
+                                               for i, v in inner]:
+            what = _open_hdf5_object(item)
+            if what is not None:
+                raise TypeError(
+                    f"The {where} of {name} is an open h5py.{what}. Open HDF5 objects "
+                    "cannot be sent to worker processes: pass the file name and the "
+                    "dataset's path as strings (e.g. 'data.h5', '/trials') and open "
+                    "them in the function with h5py.File(file_name, 'r'), or pass "
+                    "the data itself (dataset[()], a numpy array).")
+
+
 def prepare_input(func: Callable, n_inputs: Union[int, str], *args: Any,
                   **kwargs: Any) -> CallPlan:
     """Work out how many calls to make and what each call receives.
@@ -238,11 +269,14 @@ def prepare_input(func: Callable, n_inputs: Union[int, str], *args: Any,
     ------
     ArgumentMismatchError
         ``func`` cannot be called with these arguments.
+    TypeError
+        An argument is an open h5py object (dataset, group or file).
     ValueError
         The number of calls cannot be inferred, does not match the arguments, or is 0.
     """
     args = tuple(list(a) if isinstance(a, range) else a for a in args)
     kwargs = {k: list(v) if isinstance(v, range) else v for k, v in kwargs.items()}
+    _refuse_open_hdf5(getattr(func, "__name__", repr(func)), args, kwargs)
     sig = _signature(func)
     params = sig.parameters if sig is not None else {}
     inject_task_id = TASK_ID in params and TASK_ID not in kwargs

@@ -12,7 +12,7 @@ from .result_spec import ResultSpec, parse_dtype
 from .runner import check_output_dir, execute
 from .tasks import dumps
 
-log = logging.getLogger("acme")
+log = logging.getLogger(__name__)
 
 __all__ = ["ParallelMap"]
 
@@ -45,7 +45,16 @@ class ParallelMap:
         worker that computed them. False: return values are collected in memory.
     output_dir : str or None
         Folder for result files (``~`` is the home folder); default
-        ``ACME_YYYYMMDD-hhmmss-ffffff`` in the current directory.
+        ``ACME_YYYYMMDD-hhmmss-ffffff`` in the current directory. A folder that
+        cannot be created (a file on its path, no permission) is refused here.
+    cleanup_threshold_days : int or None
+        With results on disk and ``output_dir=None``: remove the auto-generated
+        ``ACME_YYYYMMDD-hhmmss-ffffff`` folders in the current directory that are
+        more than this many whole days old (0: all of them), as esi-acme does.
+        With ``setup_interactive`` on a terminal, acme asks first. Folders another
+        running acme run holds, links, and anything not named like an
+        auto-generated folder are never removed. None (default): nothing is
+        removed; more than 20 such folders are reported.
     result_shape : tuple or None
         Shape of the stacked first return values, with one ``None`` marking the axis
         along which calls are stacked (e.g. ``(None, 100)`` for calls returning 100
@@ -145,7 +154,9 @@ class ParallelMap:
     n_inputs: Optional[int] = None
 
     def __init__(self, func: Callable, *args: Any, n_inputs: Union[int, str] = "auto",
-                 write_worker_results: bool = True, output_dir: Optional[str] = None,
+                 write_worker_results: bool = True,
+                 cleanup_threshold_days: Optional[int] = None,
+                 output_dir: Optional[str] = None,
                  result_shape: Optional[tuple] = None, result_dtype: str = "float",
                  single_file: bool = False, write_pickle: bool = False,
                  partition: str = "auto", n_workers: Union[int, str] = "auto",
@@ -158,9 +169,10 @@ class ParallelMap:
         if not callable(func):
             raise TypeError(f"`func` (the first argument of ParallelMap) has to be a "
                             f"callable, not {type(func).__name__} {func!r}")
-        check.check_auto_or_int(n_inputs, "n_inputs")
+        n_inputs = check.check_auto_or_int(n_inputs, "n_inputs")
         self.write_worker_results = check.check_bool(write_worker_results,
                                                      "write_worker_results")
+        self.cleanup_threshold_days = check.check_threshold_days(cleanup_threshold_days)
         self.output_dir = check.check_path(output_dir, "output_dir")
         self.resume = check.check_bool(resume, "resume")
         self.single_file = check.check_bool(single_file, "single_file")
@@ -186,6 +198,7 @@ class ParallelMap:
         self.logfile = check.check_logfile(logfile)
         self.timeout = check.check_positive_number(timeout, "timeout", allow_none=True)
         self.backend_name = self._check_backend(backend)
+        self._notes: list[str] = []  # warnings given here, for the run's log file
         self._warn_about_ignored_options()
         kwargs = self._old_esi_acme_names(func, kwargs)
         if self.resume and (self.output_dir is None or not self.write_worker_results):
@@ -193,6 +206,9 @@ class ParallelMap:
                              "of that run (and keep write_worker_results=True)")
         if self.output_dir is not None and self.write_worker_results:
             check_output_dir(os.path.abspath(self.output_dir), self.resume)
+            check.check_creatable_folder(self.output_dir, "output_dir")
+        elif self.write_worker_results:
+            check.check_creatable_folder(os.getcwd(), "output_dir")
 
         self.prepare_input(func, n_inputs, *args, **kwargs)
         if self.backend_name != "sequential":
@@ -203,6 +219,8 @@ class ParallelMap:
         self.stats: dict = {}
         self._backend = None
         self._user_pool = None
+        if self.write_worker_results and self.output_dir is None:
+            self._cleanup_old_folders()
 
     # ----------------------------------------------------------------- checks
     def _check_result_shape(self, result_shape: Any, result_dtype: Any) -> Optional[ResultSpec]:
@@ -232,6 +250,11 @@ class ParallelMap:
                              f"not {backend!r}")
         return backend
 
+    def _warn(self, message: str) -> None:
+        """A warning now, and a line in the run's log file once it is open."""
+        warnings.warn(message, stacklevel=4)
+        self._notes.append(message)
+
     def _warn_about_ignored_options(self) -> None:
         if self.write_pickle and self.single_file:
             raise ValueError("`write_pickle=True` and `single_file=True` cannot be "
@@ -239,15 +262,30 @@ class ParallelMap:
         if not self.write_worker_results:
             for name in ("write_pickle", "single_file"):
                 if getattr(self, name):
-                    warnings.warn(f"`{name}=True` has no effect with "
-                                  "write_worker_results=False (results stay in memory)",
-                                  stacklevel=3)
+                    self._warn(f"`{name}=True` has no effect with "
+                               "write_worker_results=False (results stay in memory)")
             if self.output_dir is not None:
-                warnings.warn("`output_dir` has no effect with write_worker_results="
-                              "False (results stay in memory)", stacklevel=3)
+                self._warn("`output_dir` has no effect with write_worker_results="
+                           "False (results stay in memory)")
+            if self.cleanup_threshold_days is not None:
+                self._warn("`cleanup_threshold_days` has no effect with "
+                           "write_worker_results=False (no folders are made)")
+        elif self.cleanup_threshold_days is not None and self.output_dir is not None:
+            self._warn("`cleanup_threshold_days` has no effect with an `output_dir`: "
+                       "only auto-generated ACME_<time> folders are cleaned up")
         if self.write_pickle and self.result_spec is not None:
-            warnings.warn("`result_shape` has no effect with write_pickle=True: pickled "
-                          "results are not stacked", stacklevel=3)
+            self._warn("`result_shape` has no effect with write_pickle=True: pickled "
+                       "results are not stacked")
+
+    def _cleanup_old_folders(self) -> None:
+        """esi-acme's cleanup of old auto-generated folders, where ours would go."""
+        import sys
+        from .logs import run_logging
+        interactive = (self.setup_interactive and sys.stdin is not None
+                       and sys.stdin.isatty())
+        with run_logging(self.verbose, None):  # the run's own logging starts later
+            check.cleanup_old_folders(os.getcwd(), self.cleanup_threshold_days,
+                                      interactive)
 
     def _old_esi_acme_names(self, func: Callable, kwargs: dict) -> dict:
         """Older esi-acme versions called n_workers/mem_per_worker n_jobs/mem_per_job:
@@ -347,8 +385,18 @@ class ParallelMap:
         backend.auto_choice = choice  # for the run's log file
         return backend
 
-    def compute(self) -> Union[list, Any]:
+    def compute(self, debug: bool = False) -> Union[list, Any]:
         """Run every call and return the results.
+
+        Parameters
+        ----------
+        debug : bool
+            False (default): calls run on the map's backend. True: as esi-acme's
+            debugging path, every call runs in this process, one after another,
+            and the first call that raises stops the run with its own exception
+            and traceback, so ``breakpoint()``, ``pdb.pm()`` or Jupyter's
+            ``%debug`` land in the function. Results of the calls before it are
+            kept as usual.
 
         Returns
         -------
@@ -365,8 +413,19 @@ class ParallelMap:
         ------
         ParallelMapError
             After every call ran, if any failed: it names the failed calls and has
-            the first failure (original type, remote traceback) as its cause.
+            the first failure (original type, remote traceback) as its cause. With
+            the sequential backend its traceback ends in the function's line.
+        Exception
+            With ``debug=True``: the exception of the first call that raised.
         """
+        check.check_bool(debug, "debug")
+        if debug:
+            from .backends.sequential import SequentialBackend
+            from .logs import run_logging
+            with run_logging(self.verbose, None):  # the run's own logging starts later
+                log.warning("debug=True: the %d calls run one after another in this "
+                            "process", self.n_inputs)
+            return execute(self, SequentialBackend(n_workers=1, debug=True))
         if self._backend is None:
             self._backend = self._make_backend()
         return execute(self, self._backend)

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from .container import build_container, finish_single_file, remove_stale_temporaries
 from .dryrun import ask_to_continue, dry_run
-from .errors import CallFailure, ParallelMapError, failure_report
+from .errors import CallFailure, ParallelMapError, failure_report, safe_str
 from .layout import OutputLayout, default_output_dir, file_stem
 from .logs import FILE_ONLY, run_logging
 from .progress import Progress
@@ -24,7 +24,7 @@ from .state import (STATE_DIR, OutputDirInUse, RunState, StateError, check_singl
 from .sinks import InMemorySink, PayloadSink, PickleSink, Stored, stack_in_memory
 from .tasks import WorkerContext, check_sendable, pack_outcomes
 
-log = logging.getLogger("acme")
+log = logging.getLogger(__name__)
 
 __all__ = ["execute", "check_output_dir"]
 
@@ -63,16 +63,45 @@ def _real_folder(path: str) -> None:
                       "to write results through it")
 
 
-def _prepare_output(pmap) -> Optional[OutputLayout]:
+def _prepare_output(pmap) -> tuple[Optional[OutputLayout], bool]:
+    """The run's layout, and whether this run created its output folder."""
     if not pmap.write_worker_results:
-        return None
+        return None, False
     folder = os.path.abspath(pmap.output_dir) if pmap.output_dir else default_output_dir()
     check_output_dir(folder, pmap.resume)
+    created = not os.path.lexists(folder)
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as exc:
         raise OSError(f"cannot create the output folder {folder!r}: {exc}") from exc
-    return OutputLayout(folder, file_stem(pmap.func))
+    return OutputLayout(folder, file_stem(pmap.func)), created
+
+
+def _remove_created(layout: OutputLayout, state: RunState, logfile: Optional[str]) -> None:
+    """After a declined dry run: remove the output folder this run created, and in
+    it only what the run put there (its record, log and empty payload folder). A
+    folder that holds anything else is kept."""
+    if logfile and os.path.dirname(logfile) == layout.output_dir:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(logfile)
+    for path in (state.failures_dir, state.folder, layout.payload_dir, layout.parts_dir,
+                 layout.output_dir):
+        try:
+            _remove_own_folder(path, state)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:  # someone else's file in it: keep it
+            log.info("kept %s after the dry run: %s", path, exc)
+            return
+
+
+def _remove_own_folder(path: str, state: RunState) -> None:
+    if path == state.folder:  # the run's own record: every file in it is ours
+        for name in os.listdir(path):
+            entry = os.path.join(path, name)
+            if not os.path.isdir(entry) or os.path.islink(entry):
+                os.remove(entry)
+    os.rmdir(path)
 
 
 def _make_payload_dir(pmap, layout: OutputLayout) -> None:
@@ -141,9 +170,11 @@ def _log_parameters(pmap, backend, layout: Optional[OutputLayout]) -> None:
         "write_worker_results", "output_dir", "result_shape", "result_dtype",
         "single_file", "write_pickle", "partition", "n_workers", "mem_per_worker",
         "setup_timeout", "setup_interactive", "stop_client", "verbose", "dryrun",
-        "logfile", "backend_name", "timeout", "resume")}
+        "logfile", "backend_name", "timeout", "resume", "cleanup_threshold_days")}
     log.info("parameters: %s", ", ".join(f"{k}={v!r}" for k, v in params.items()),
              extra=FILE_ONLY)
+    for note in getattr(pmap, "_notes", ()):  # shown on the console as warnings
+        log.warning("%s", note, extra=FILE_ONLY)
     if getattr(backend, "auto_choice", None):  # shown on the console when it was made
         log.info("%s", backend.auto_choice, extra=FILE_ONLY)
 
@@ -265,16 +296,32 @@ def _sigterm_interrupts():
         signal.signal(signal.SIGTERM, previous)
 
 
+#: What _execute returns when the user declined to go on after the dry run.
+_DECLINED = object()
+
+
 def execute(pmap, backend) -> Any:
     """Run every call of ``pmap`` on ``backend``; see ``ParallelMap.compute``. The
     output folder is claimed for this run until it returns."""
-    layout = _prepare_output(pmap)
-    state = _claim(pmap, layout) if layout else None
+    layout, created = _prepare_output(pmap)
     try:
-        return _execute(pmap, backend, layout, state)
+        state = _claim(pmap, layout) if layout else None
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(layout.output_dir)
+        raise
+    result = None
+    try:
+        result = _execute(pmap, backend, layout, state)
     finally:
         if state is not None:
             state.release()
+    if result is _DECLINED:
+        if created:
+            _remove_created(layout, state, _logfile_path(pmap, layout))
+        return None
+    return result
 
 
 def _journal(pmap, layout: OutputLayout, state: RunState, indices: list,
@@ -328,14 +375,17 @@ def _execute(pmap, backend, layout: Optional[OutputLayout],
             report = dry_run(context, tasks, timeout=pmap.timeout)
             if not ask_to_continue(report, len(tasks), backend.n_workers,
                                    pmap.setup_interactive):
-                log.info("stopped after the dry run, as asked; nothing else ran")
-                return None
+                log.info("stopped after the dry run, as asked; nothing else ran%s",
+                         f"; {layout.output_dir} is removed" if layout else "")
+                return _DECLINED
         start = time.perf_counter()
         first_at = None
         errors: dict[int, CallFailure] = {}
         longest = (0.0, -1)
         finished = False
         progress = Progress(pmap.n_inputs, func_name, pmap.verbose, already_done=len(done))
+        stopped_by: Optional[BaseException] = None
+        received = len(done)  # calls with a result (in memory or on disk)
         try:
             with _sigterm_interrupts():
                 for item in backend.run(context, tasks, timeout=pmap.timeout):
@@ -360,7 +410,11 @@ def _execute(pmap, backend, layout: Optional[OutputLayout],
                         _report_failure(outcome.failure, func_name, state)
                         errors[outcome.index] = outcome.failure
                     progress.update(len(indices), len(failed))
+                    received += len(indices)
             finished = True
+        except BaseException as exc:
+            stopped_by = exc
+            raise
         finally:
             progress.close()
             elapsed = time.perf_counter() - start
@@ -376,12 +430,8 @@ def _execute(pmap, backend, layout: Optional[OutputLayout],
                     if finished and not errors:
                         raise
             if not finished:
-                missing = pmap.n_inputs - len(stored) - len(errors)
-                log.error("the run was interrupted after %.2f s: %d calls have results, "
-                          "%d failed, %d were not finished%s", elapsed, len(stored),
-                          len(errors), missing,
-                          f"; to finish them, run again with output_dir="
-                          f"{layout.output_dir!r} and resume=True" if layout else "")
+                _log_stop(stopped_by, elapsed, pmap.n_inputs, received, len(errors),
+                          layout)
         log.info("%d of %d calls of %s done in %.2f s (%d failed%s)%s",
                  pmap.n_inputs - len(errors), pmap.n_inputs, func_name, elapsed,
                  len(errors), f", {len(done)} done earlier" if done else "",
@@ -391,14 +441,35 @@ def _execute(pmap, backend, layout: Optional[OutputLayout],
         if pmap.results_container:
             log.info("results container: %s", pmap.results_container)
     if errors:
-        first = errors[min(errors)]
-        raise ParallelMapError(failure_report(func_name, pmap.n_inputs, errors),
-                               sorted(errors), values, errors) from first.as_exception()
+        first = errors[min(errors)].as_exception()
+        error = ParallelMapError(failure_report(func_name, pmap.n_inputs, errors),
+                                 sorted(errors), values, errors)
+        # A call run in this process (sequential backend) left its live frames: a
+        # post-mortem debugger (pdb.pm, %debug) then lands in the user's function.
+        raise error.with_traceback(first.__traceback__) from first
     if layout is not None and pmap.single_file:
         return [pmap.results_container]
     if layout is None and pmap.result_spec is not None:
         return stack_in_memory(pmap.result_spec, values, pmap.n_inputs)
     return values
+
+
+def _log_stop(stopped_by: Optional[BaseException], elapsed: float, n_calls: int,
+              n_stored: int, n_failed: int, layout: Optional[OutputLayout]) -> None:
+    """Why the run ended before every call finished; the hint to resume only where
+    some calls have results to keep."""
+    missing = n_calls - n_stored - n_failed
+    counts = f"{n_stored} calls have results, {n_failed} failed, {missing} were not finished"
+    hint = (f"; to finish them, run again with output_dir={layout.output_dir!r} and "
+            "resume=True" if layout and (n_stored or n_failed) else "")
+    if stopped_by is None or isinstance(stopped_by, KeyboardInterrupt):
+        log.error("the run was interrupted after %.2f s: %s%s", elapsed, counts, hint)
+    elif n_stored or n_failed:
+        log.error("the run stopped after %.2f s because of %s: %s: %s%s", elapsed,
+                  type(stopped_by).__name__, safe_str(stopped_by), counts, hint)
+    else:
+        log.error("the run failed before any call finished: %s: %s",
+                  type(stopped_by).__name__, safe_str(stopped_by))
 
 
 def _report_failure(failure: CallFailure, func_name: str,

@@ -2,13 +2,22 @@
 ValueError, each naming the parameter and what was expected."""
 from __future__ import annotations
 
+import datetime
+import errno
+import logging
 import numbers
 import os
 import re
+import shutil
+import stat
+import time
 from typing import Any, Optional, Union
+
+log = logging.getLogger("acme")
 
 __all__ = ["check_bool", "check_auto_or_int", "check_optional_bool", "check_choice",
            "check_positive_number", "check_path", "check_logfile", "parse_memory",
+           "check_threshold_days", "check_creatable_folder", "cleanup_old_folders",
            "PathParameterError"]
 
 
@@ -44,6 +53,14 @@ def check_auto_or_int(value: Any, name: str, minimum: int = 1) -> Union[str, int
             raise ValueError(f"`{name}` has to be 'auto' or an integer >= {minimum}, "
                              f"not the string {value!r}")
         return value
+    if isinstance(value, numbers.Real) and not _is_int(value) \
+            and not isinstance(value, bool):
+        # esi-acme takes a whole float (4.0) as that integer and refuses 3.6 with a
+        # ValueError: scripts catch that type
+        if not float(value).is_integer():
+            raise ValueError(f"`{name}` has to be 'auto' or an integer >= {minimum}, "
+                             f"not {value!r}")
+        value = int(value)
     if not _is_int(value):
         raise TypeError(f"`{name}` has to be 'auto' or an integer >= {minimum}, "
                         f"not {_show(value)}")
@@ -132,3 +149,132 @@ def parse_memory(value: Any, name: str = "mem_per_worker") -> Union[str, float]:
     if unit == "":  # a bare number: SLURM reads it as megabytes
         return number
     return number * _UNIT_MB[unit]
+
+
+def check_threshold_days(value: Any) -> Optional[int]:
+    """``cleanup_threshold_days``: None or a whole number of days >= 0."""
+    if value is None:
+        return None
+    if not _is_int(value):
+        raise TypeError("`cleanup_threshold_days` has to be None or a whole number of "
+                        f"days >= 0, not {_show(value)}")
+    if value < 0:
+        raise ValueError("`cleanup_threshold_days` has to be None or a whole number of "
+                         f"days >= 0, not {value}")
+    return int(value)
+
+
+def check_creatable_folder(path: str, name: str = "output_dir") -> None:
+    """Raise now if the folder ``path`` cannot be created (or written) later: a file
+    on the way, a read-only file system, or no permission."""
+    path = os.path.abspath(path)
+    existing = path
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    action = "written" if existing == path else "created"
+    if not os.path.isdir(existing):
+        raise _path_error(errno.ENOTDIR, f"`{name}` {path!r} cannot be {action}: "
+                          f"{existing!r} is a file, not a folder")
+    if os.access(existing, os.W_OK | os.X_OK):
+        return
+    try:
+        read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    code = errno.EROFS if read_only else errno.EACCES
+    raise _path_error(code, f"`{name}` {path!r} cannot be {action}: {existing!r} is "
+                            "not writable")
+
+
+def _path_error(code: int, message: str) -> PathParameterError:
+    error = PathParameterError(f"{message} ({os.strerror(code)})")
+    error.errno = code
+    return error
+
+
+# ---------------------------------------------------- cleanup_threshold_days
+#: The name of a folder acme (and esi-acme) made itself: ACME_YYYYMMDD-hhmmss-ffffff.
+_AUTO_FOLDER = re.compile(r"^ACME_(\d{8}-\d{6}-\d{6})$")
+#: More auto-generated folders than this: a warning even without cleanup_threshold_days.
+MANY_FOLDERS = 20
+_DAY = 86400.0
+
+
+def _auto_folders(base: str) -> list[tuple[str, float]]:
+    """``(path, age in seconds)`` of every auto-generated folder in ``base``: a real
+    folder (no link) with an ``ACME_<time>`` name that is a valid time. The age counts
+    from its newer of creation time (the name) and last change (mtime)."""
+    found = []
+    try:
+        names = os.listdir(base)
+    except OSError as exc:
+        log.warning("could not look for old ACME folders in %s: %s", base, exc)
+        return found
+    now = time.time()
+    for entry in sorted(names):
+        match = _AUTO_FOLDER.match(entry)
+        path = os.path.join(base, entry)
+        try:
+            made = datetime.datetime.strptime(match.group(1), "%Y%m%d-%H%M%S-%f") \
+                if match else None
+            info = os.lstat(path)
+        except (ValueError, OSError):
+            continue
+        if made is None or not stat.S_ISDIR(info.st_mode):
+            continue
+        found.append((path, now - max(made.timestamp(), info.st_mtime)))
+    return found
+
+
+def _ask(question: str, valid: list[str], default: str) -> str:
+    while True:
+        answer = input(f"{question} [default: {default}] ").strip().lower() or default
+        if answer in valid:
+            return answer
+        print(f"Please answer one of: {', '.join(valid[:3])}{', ...' if len(valid) > 3 else ''}")
+
+
+def cleanup_old_folders(base: str, threshold_days: Optional[int],
+                        interactive: bool) -> list[str]:
+    """esi-acme's ``cleanup_threshold_days``: remove the auto-generated ``ACME_<time>``
+    folders in ``base`` older than ``threshold_days`` whole days (0: all of them),
+    asking first when ``interactive``. Without a threshold, only many such folders
+    are reported (and, when interactive, a threshold is asked for). A folder that a
+    running acme run holds is never removed. Returns the removed folders."""
+    from .state import RunState
+    folders = _auto_folders(base)
+    if threshold_days is None:
+        if len(folders) <= MANY_FOLDERS:
+            return []
+        log.warning("found %d auto-generated ACME folders in %s; "
+                    "cleanup_threshold_days=N removes those older than N days",
+                    len(folders), base)
+        if not interactive:
+            return []
+        answer = _ask("Keep them all [k] or remove those older than N days (1-99)?",
+                      ["k"] + [str(n) for n in range(1, 100)], "k")
+        if answer == "k":
+            return []
+        threshold_days = int(answer)
+    old = [(path, age) for path, age in folders
+           if threshold_days == 0 or int(age // _DAY) > threshold_days]
+    old = [(path, age) for path, age in old if RunState(path).holder() is None]
+    if not old:
+        log.info("no auto-generated ACME folders older than %d days in %s",
+                 threshold_days, base)
+        return []
+    if interactive and _ask(f"Remove {len(old)} auto-generated ACME folder(s) older "
+                            f"than {threshold_days} days in {base}? [y/n]",
+                            ["y", "yes", "n", "no"], "n") in ("n", "no"):
+        log.info("no old ACME folders removed")
+        return []
+    removed = []
+    for path, age in old:
+        try:
+            shutil.rmtree(path)
+        except OSError as exc:
+            log.warning("could not remove the old ACME folder %s: %s", path, exc)
+            continue
+        removed.append(path)
+        log.info("removed the old ACME folder %s (%d days old)", path, age // _DAY)
+    return removed

@@ -38,7 +38,6 @@ def shown(value) -> str:
 
 
 WRONG_TYPES = [
-    ("n_inputs", 2.5, {}),
     ("n_inputs", True, {}),
     ("n_inputs", None, {}),
     ("write_worker_results", "yes", {}),
@@ -52,7 +51,6 @@ WRONG_TYPES = [
     ("single_file", "x", {"write_worker_results": True}),
     ("write_pickle", "x", {"write_worker_results": True}),
     ("partition", 123, {}),
-    ("n_workers", 1.5, {}),
     ("n_workers", True, {}),
     ("mem_per_worker", 5, {}),
     ("setup_timeout", "x", {}),
@@ -71,6 +69,8 @@ WRONG_TYPES = [
 ]
 
 WRONG_VALUES = [
+    ("n_inputs", 2.5, {}),  # a ValueError in esi-acme too
+    ("n_workers", 1.5, {}),  # a ValueError in esi-acme too
     ("n_inputs", "foo", {}),
     ("n_inputs", 0, {}),
     ("n_inputs", -2, {}),
