@@ -26,7 +26,7 @@ class build_py_with_guard(build_py):
 
     def run(self):
         super().run()
-        if self.editable_mode:  # an editable install copies nothing (see the docstring)
+        if getattr(self, "editable_mode", False):  # copies nothing (see the docstring)
             return
         build_lib = Path(self.build_lib)
         shutil.copyfile(build_lib / "acme" / "_install_guard.py",
@@ -36,7 +36,7 @@ class build_py_with_guard(build_py):
             f"import {GUARD_MODULE}; {GUARD_MODULE}.install_guard()\n")
 
     def get_outputs(self, include_bytecode=True):
-        if self.editable_mode:
+        if getattr(self, "editable_mode", False):
             return super().get_outputs(include_bytecode)
         build_lib = Path(self.build_lib)
         return super().get_outputs(include_bytecode) + [
