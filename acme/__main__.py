@@ -205,6 +205,31 @@ def _call_files(folder: str, pickles_only: bool = False) -> dict[int, str]:
 
 
 def cmd_show(args) -> int:
+    code = _show(args)
+    if args.plot:
+        code = max(code, _plot(args))
+    return code
+
+
+def _plot(args) -> int:
+    from .plot import PlotUnavailable, plot_run
+    folder = os.path.abspath(os.path.expanduser(args.folder))
+    if os.path.isfile(folder):
+        folder = os.path.dirname(folder)
+    if not RunState(folder).exists():
+        raise NotARun(f"--plot needs the records of an acme run ({folder}/.acme/run.json"
+                      "); esi-acme folders have none")
+    png = args.plot_file or f"{os.path.basename(folder.rstrip(os.sep)) or 'run'}_calls.png"
+    try:
+        run = plot_run(folder, png)
+    except PlotUnavailable as exc:
+        print(f"acme show --plot: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"plot of {len(run.calls)} calls: {os.path.abspath(png)} (from {run.source})")
+    return EXIT_OK
+
+
+def _show(args) -> int:
     import h5py
     from .readers import find_container
     try:
@@ -484,6 +509,11 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("folder", help="the run's output folder (or its container file)")
     show.add_argument("--limit", type=int, default=10,
                       help="show at most this many calls' groups (default 10)")
+    show.add_argument("--plot", action="store_true",
+                      help="also draw the calls' durations, memory and failures over "
+                           "time into a PNG (needs matplotlib)")
+    show.add_argument("--plot-file", metavar="PNG", default=None,
+                      help="where --plot writes (default: ./<folder name>_calls.png)")
     show.set_defaults(handler=cmd_show)
     return parser
 

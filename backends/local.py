@@ -38,6 +38,7 @@ from multiprocessing.connection import wait
 from typing import Iterator, Optional
 
 from acme.errors import CallFailure, CallTimeout, WorkerDied
+from acme.plot import Timeline
 from acme.tasks import (HOST, CallOutcome, CallTask, WorkerContext, decode_items,
                         defined_interactively, dumps, encode_batch, encode_items, loads,
                         not_received)
@@ -494,7 +495,7 @@ class LocalBackend(Backend):
             payload = dumps(context, "The function or one of its constant arguments",
                             by_value=by_value)
             run = _MapRun(pool, payload, tasks, max(1, min(self.n_workers, len(tasks))),
-                          timeout)
+                          timeout, Timeline.for_sink(context.sink))
             self.stats = run.stats
             yield from run.loop()
         finally:
@@ -512,8 +513,9 @@ class _MapRun:
     workers that die, and never let one worker's fate end the map."""
 
     def __init__(self, pool: LocalPool, payload: bytes, tasks: list, n_workers: int,
-                 timeout: Optional[float]):
+                 timeout: Optional[float], timeline: Optional[Timeline] = None):
         self.pool = pool
+        self.timeline = timeline  # each call's end, duration and worker memory
         self.payload = payload
         self.context_id = next(_context_ids)
         self.timeout = timeout
@@ -580,6 +582,8 @@ class _MapRun:
             duration = time.monotonic() - worker.sent_at
             failure = CallFailure(index, error_type(f"call {index}: {reason}"), "",
                                   *self.where(worker), duration)
+            if self.timeline is not None:
+                self.timeline.add(worker.process.pid, [(index, duration, False)])
             yield CallOutcome(index, None, failure, duration)
         else:  # we do not know which call killed it: run each one alone
             log.warning("%s while running calls %s; running them again one by one",
@@ -609,11 +613,20 @@ class _MapRun:
         elif kind == "items":
             indices = [t[0] for t in worker.batch]
             worker.batch, worker.resending = None, False
-            yield decode_items(body, indices, self.where(worker))
+            yield self.recorded(worker, decode_items(body, indices, self.where(worker)))
         else:
             worker.batch = None
             self.sizer.record_batch(body)
-            yield body
+            yield self.recorded(worker, body)
+
+    def recorded(self, worker: _Worker, packed: tuple) -> tuple:
+        """``packed`` (a batch's outcomes), after its calls went into the timeline."""
+        if self.timeline is not None:
+            indices, _, durations, failed = packed
+            self.timeline.add(worker.process.pid,
+                              [(i, d, True) for i, d in zip(indices, durations)]
+                              + [(o.index, o.duration, False) for o in failed])
+        return packed
 
     def undecodable(self, worker: _Worker, exc: Exception) -> Iterator[tuple]:
         """The batch (or, after a resend, its per-call parts) did not unpickle here:

@@ -103,7 +103,7 @@ class Out:
         return f"exit code {self.code}\n--- stdout ---\n{self.stdout}\n--- stderr ---\n{self.stderr}"
 
 
-def cli(*args, console: bool = False, timeout: float = 30) -> Out:
+def cli(*args, console: bool = False, timeout: float = 30, cwd=None) -> Out:
     """``python -m acme ARGS`` (or the ``acme`` console script), killed by its
     process group if it does not end in time."""
     if console:
@@ -112,7 +112,8 @@ def cli(*args, console: bool = False, timeout: float = 30) -> Out:
     else:
         cmd = [sys.executable, "-m", "acme"]
     proc = subprocess.Popen(cmd + [str(a) for a in args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            cwd=cwd)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -387,7 +388,7 @@ def test_show_reads_esi_acme_folder_with_a_pickled_call(tmp_path, require):
 # ------------------------------------------------------------------ status --watch
 WATCHED = """
 import sys, time
-from acme import ParallelMap
+from acme import ParallelMap, ParallelMapError
 
 def slow(x):
     time.sleep(DELAY)
@@ -400,13 +401,15 @@ if __name__ == "__main__":
         with ParallelMap(slow, list(range(N)), output_dir=sys.argv[1], verbose=False,
                          BACKEND) as pmap:
             pmap.compute()
-    except Exception as exc:
+    except ParallelMapError as exc:
         print("FAILED", exc.failed)
 """
 
 BACKENDS = {"local": "backend='local', n_workers=2",
             "mpi": "n_workers=2",  # under mpiexec: the MPI backend
-            "slurm": "backend='slurm', partition='small', n_workers=2"}
+            # (a test cluster busy with other tests' jobs may keep it pending a while)
+            "slurm": "backend='slurm', partition='small', n_workers=2, "
+                     "setup_timeout=240"}
 
 
 def start_watched_run(tmp_path, kind: str, n: int = 30, delay: float = 0.2):
@@ -453,13 +456,13 @@ def counts_seen(text: str) -> list:
     return [int(m.group(1)) for m in re.finditer(r"^  (\d+)/30 done, ", text, re.M)]
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(420)
 @pytest.mark.parametrize("kind", ["local", "mpi", "slurm"])
 def test_watch_follows_a_live_run_until_it_ends(tmp_path, kind):
     proc, out = start_watched_run(tmp_path, kind)
     try:
-        r = cli("status", "--watch", out, "--interval", "0.2", timeout=180)
-        run_out, run_err = proc.communicate(timeout=120)
+        r = cli("status", "--watch", out, "--interval", "0.2", timeout=360)
+        run_out, run_err = proc.communicate(timeout=60)
     finally:
         stop(proc)
     assert proc.returncode == 0 and "FAILED [5]" in run_out, (run_out, run_err)
@@ -514,3 +517,73 @@ def test_watch_refuses_bad_options(runs, args):
     assert "Traceback" not in r.stderr
     assert ("expected a number of seconds > 0" in r.stderr
             or "--watch and --json do not go together" in r.stderr), r.stderr
+
+
+# ------------------------------------------------------------------ show --plot
+def grows(x):
+    block = np.ones(x * 1_000_000)  # 8 MB more per call index
+    time.sleep(0.01)
+    if x % 5 == 3:
+        raise ValueError(f"bad {x}")
+    return float(block.sum())
+
+
+def red_pixels(png) -> int:
+    from matplotlib.image import imread
+    image = imread(str(png))
+    red = (image[..., 0] > 0.8) & (image[..., 1] < 0.2) & (image[..., 2] < 0.2)
+    return int(red.sum())
+
+
+@pytest.mark.timeout(120)
+def test_show_plot_draws_durations_memory_and_failures_of_a_local_run(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "grows_run"
+    with pytest.raises(ParallelMapError):
+        with ParallelMap(grows, list(range(16)), output_dir=str(out), backend="local",
+                         n_workers=2, verbose=False) as pmap:
+            pmap.compute()
+    timeline = [line.split("\t") for line in
+                (out / ".acme" / "calls.tsv").read_text().splitlines()]
+    assert sorted(int(f[0]) for f in timeline) == list(range(16))
+    by_index = {int(f[0]): f for f in timeline}
+    assert {i for i, f in by_index.items() if f[3] == "0"} == {3, 8, 13}
+    # each call's peak is its own: call 15 holds 120 MB more than call 0 did
+    assert float(by_index[15][5]) - float(by_index[0][5]) > 100, by_index
+    png = tmp_path / "grows.png"
+    r = cli("show", out, "--plot", "--plot-file", png, "--limit", "0")
+    assert r.code == 1, str(r)  # calls 3, 8 and 13 failed
+    assert f"plot of 16 calls: {png} (from {out}/.acme/calls.tsv)" in r.stdout, r.stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert red_pixels(png) > 50  # the failures are drawn (red crosses and line)
+    # the default file is in the current folder, named after the run's folder
+    r = cli("show", out, "--plot", "--limit", "0", cwd=tmp_path)
+    assert (tmp_path / "grows_run_calls.png").exists(), str(r)
+
+
+@pytest.mark.timeout(60)
+def test_show_plot_without_a_timeline_says_what_is_not_recorded(runs, tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "interrupted.png"  # a sequential run: no timeline
+    r = cli("show", runs["interrupted"], "--plot", "--plot-file", png)
+    assert r.code == 1, str(r)
+    assert "(from the times of the result files and failure records)" in r.stdout, r.stdout
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_show_plot_without_matplotlib_or_acme_records_is_a_clear_error(runs, tmp_path):
+    # matplotlib is installed here; a None entry in sys.modules is what an
+    # uninstalled package looks like to `import`
+    code = ("import sys; sys.modules['matplotlib'] = None\n"
+            "from acme.__main__ import main\n"
+            f"sys.exit(main(['show', {str(runs['complete'])!r}, '--plot']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2, proc
+    assert "drawing needs matplotlib, which is not installed here: pip install " \
+        "matplotlib" in proc.stderr, proc.stderr
+    esi_like = tmp_path / "no_records"
+    shutil.copytree(runs["complete"], esi_like)
+    shutil.rmtree(esi_like / ".acme")
+    r = cli("show", esi_like, "--plot")
+    assert r.code == 2 and "--plot needs the records of an acme run" in r.stderr, str(r)
