@@ -85,13 +85,13 @@ class _Line:
 
     def __init__(self, notebook: bool):
         self.handle = None
-        if notebook:
+        if notebook:  # raw text/plain: shown as it is, not as a quoted repr
             from IPython.display import display
-            self.handle = display("", display_id=True)
+            self.handle = display({"text/plain": ""}, raw=True, display_id=True)
 
     def draw(self, text: str) -> None:
         if self.handle is not None:
-            self.handle.update(text)
+            self.handle.update({"text/plain": text}, raw=True)
         else:
             sys.stderr.write("\r" + text)
             sys.stderr.flush()
@@ -207,6 +207,8 @@ class Progress:
         rate = (finished - self.already_done) / elapsed
         left = (self.total - finished) / rate if rate > 0 else None
         eta = f"about {left:.0f} s left" if left is not None else "? s left"
+        if finished >= self.total:
+            eta = f"done in {elapsed:.1f} s"
         percent = 100 * finished // max(self.total, 1)
         return (f"{self.label}: {finished}/{self.total} calls ({percent}%), "
                 f"{self.failed} failed, {rate:.1f} calls/s, {eta}")
