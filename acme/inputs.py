@@ -218,34 +218,67 @@ def _number_of_calls(n_inputs: Union[int, str], candidates: list, name: str) -> 
     return found[0]
 
 
-def _open_hdf5_object(value: Any) -> Optional[str]:
-    """How an open h5py object (dataset, group, file) is named, or None."""
+def hdf5_object(value: Any) -> bool:
+    """Whether ``value`` is an h5py object (dataset, group or file)."""
     h5py = sys.modules.get("h5py")  # a script that passes one has imported h5py
-    if h5py is None or not isinstance(value, h5py.HLObject):
-        return None
-    try:
-        return f"{type(value).__name__} {value.name!r} of the file {value.file.filename!r}"
-    except Exception:  # noqa: BLE001 - e.g. a closed file: it is refused all the same
-        return f"{type(value).__name__} (its file is closed)"
+    return h5py is not None and isinstance(value, h5py.HLObject)
 
 
-def _refuse_open_hdf5(name: str, args: tuple, kwargs: dict) -> None:
-    """An open h5py object cannot travel to another process (and acme cannot tell
-    whether its data is still being written): ask for the file name instead."""
+def _reopen_hdf5(filename: str, name: str, is_file: bool) -> Any:
+    """In a worker: the h5py object sent by :func:`_send_hdf5_by_name`, opened
+    read-only (it stays open as long as the object lives)."""
+    import h5py
+    opened = h5py.File(filename, "r")
+    return opened if is_file else opened[name]
+
+
+def _send_hdf5_by_name(obj: Any) -> tuple:
+    """How an h5py object travels to a worker: by file name and path (as Dask
+    sends it for esi-acme), to be opened read-only there."""
+    import h5py
+    return _reopen_hdf5, (os.path.abspath(obj.file.filename), obj.name,
+                          isinstance(obj, h5py.File))
+
+
+def _check_hdf5_argument(where: str, name: str, value: Any) -> None:
+    """An h5py object is sent by name; refuse one a worker could not open the same
+    way: closed, in memory only, or open for writing (its data may not be on disk
+    yet, and HDF5's file lock keeps other processes out)."""
+    import copyreg
+    import h5py
+    kind = type(value).__name__
+    advice = ("Pass the file name and the dataset's path as strings (e.g. 'data.h5', "
+              "'/trials') and open them in the function with h5py.File(file_name, 'r'), "
+              "or pass the data itself (dataset[()])")
+    if not value.id.valid:
+        raise TypeError(f"The {where} of {name} is an h5py.{kind} of a closed file. {advice}.")
+    filename = value.file.filename
+    problem = None
+    if value.file.mode != "r":
+        problem = "is open for writing; open it with h5py.File(name, 'r') to pass it"
+    elif value.file.driver not in ("sec2", "stdio", "direct", "mpio", "fileobj") \
+            or not os.path.isfile(filename):
+        problem = "is not a file on disk that worker processes can open"
+    if problem is not None:
+        raise TypeError(f"The {where} of {name} is the h5py.{kind} {value.name!r} of "
+                        f"the file {filename!r}, which {problem}. {advice}.")
+    for cls in (h5py.Dataset, h5py.Group, h5py.File):
+        copyreg.pickle(cls, _send_hdf5_by_name)
+
+
+def _check_hdf5_arguments(name: str, args: tuple, kwargs: dict) -> None:
+    """Every h5py object among the arguments (or one level inside a list/tuple of
+    them) can be sent by name; see :func:`_check_hdf5_argument`."""
+    if sys.modules.get("h5py") is None:
+        return
     labelled = [(f"positional argument {k}", a) for k, a in enumerate(args)]
     labelled += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
     for label, value in labelled:
         inner = list(enumerate(value)) if isinstance(value, (list, tuple)) else []
         for where, item in [(label, value)] + [(f"element {i} of {label}", v)
                                                for i, v in inner]:
-            what = _open_hdf5_object(item)
-            if what is not None:
-                raise TypeError(
-                    f"The {where} of {name} is an open h5py.{what}. Open HDF5 objects "
-                    "cannot be sent to worker processes: pass the file name and the "
-                    "dataset's path as strings (e.g. 'data.h5', '/trials') and open "
-                    "them in the function with h5py.File(file_name, 'r'), or pass "
-                    "the data itself (dataset[()], a numpy array).")
+            if hdf5_object(item):
+                _check_hdf5_argument(where, name, item)
 
 
 def prepare_input(func: Callable, n_inputs: Union[int, str], *args: Any,
@@ -270,13 +303,14 @@ def prepare_input(func: Callable, n_inputs: Union[int, str], *args: Any,
     ArgumentMismatchError
         ``func`` cannot be called with these arguments.
     TypeError
-        An argument is an open h5py object (dataset, group or file).
+        An argument is an h5py object a worker cannot open by its name (closed,
+        in memory only, or open for writing).
     ValueError
         The number of calls cannot be inferred, does not match the arguments, or is 0.
     """
     args = tuple(list(a) if isinstance(a, range) else a for a in args)
     kwargs = {k: list(v) if isinstance(v, range) else v for k, v in kwargs.items()}
-    _refuse_open_hdf5(getattr(func, "__name__", repr(func)), args, kwargs)
+    _check_hdf5_arguments(getattr(func, "__name__", repr(func)), args, kwargs)
     sig = _signature(func)
     params = sig.parameters if sig is not None else {}
     inject_task_id = TASK_ID in params and TASK_ID not in kwargs
