@@ -254,11 +254,11 @@ def _check_hdf5_argument(where: str, name: str, value: Any) -> None:
         raise TypeError(f"The {where} of {name} is an h5py.{kind} of a closed file. {advice}.")
     filename = value.file.filename
     problem = None
-    if value.file.mode != "r":
-        problem = "is open for writing; open it with h5py.File(name, 'r') to pass it"
-    elif value.file.driver not in ("sec2", "stdio", "direct", "mpio", "fileobj") \
+    if value.file.driver not in ("sec2", "stdio", "direct", "mpio") \
             or not os.path.isfile(filename):
         problem = "is not a file on disk that worker processes can open"
+    elif value.file.mode != "r":
+        problem = "is open for writing; open it with h5py.File(name, 'r') to pass it"
     if problem is not None:
         raise TypeError(f"The {where} of {name} is the h5py.{kind} {value.name!r} of "
                         f"the file {filename!r}, which {problem}. {advice}.")

@@ -63,13 +63,17 @@ def _real_folder(path: str) -> None:
                       "to write results through it")
 
 
-def _prepare_output(pmap) -> tuple[Optional[OutputLayout], bool]:
-    """The run's layout, and whether this run created its output folder."""
+def _prepare_output(pmap) -> tuple[Optional[OutputLayout], Optional[str]]:
+    """The run's layout, and the outermost folder this run created for it (None
+    when the output folder was there)."""
     if not pmap.write_worker_results:
-        return None, False
+        return None, None
     folder = os.path.abspath(pmap.output_dir) if pmap.output_dir else default_output_dir()
     check_output_dir(folder, pmap.resume)
-    created = not os.path.lexists(folder)
+    created = None
+    missing = folder
+    while not os.path.lexists(missing):
+        created, missing = missing, os.path.dirname(missing)
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as exc:
@@ -77,15 +81,27 @@ def _prepare_output(pmap) -> tuple[Optional[OutputLayout], bool]:
     return OutputLayout(folder, file_stem(pmap.func)), created
 
 
-def _remove_created(layout: OutputLayout, state: RunState, logfile: Optional[str]) -> None:
-    """After a declined dry run: remove the output folder this run created, and in
-    it only what the run put there (its record, log and empty payload folder). A
-    folder that holds anything else is kept."""
+def _remove_empty_folders(folder: str, top: str) -> None:
+    """Remove ``folder`` and its parents up to ``top``, as long as they are empty."""
+    while True:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
+        if folder == top:
+            return
+        folder = os.path.dirname(folder)
+
+
+def _remove_created(layout: OutputLayout, state: RunState, logfile: Optional[str],
+                    created: Optional[str]) -> None:
+    """After a declined dry run: remove what this run put into the output folder
+    (its record, log and empty payload folder), and the folders this run created
+    for it. A folder that holds anything else is kept."""
     if logfile and os.path.dirname(logfile) == layout.output_dir:
         with contextlib.suppress(FileNotFoundError):
             os.remove(logfile)
-    for path in (state.failures_dir, state.folder, layout.payload_dir, layout.parts_dir,
-                 layout.output_dir):
+    for path in (state.failures_dir, state.folder, layout.payload_dir, layout.parts_dir):
         try:
             _remove_own_folder(path, state)
         except FileNotFoundError:
@@ -93,6 +109,8 @@ def _remove_created(layout: OutputLayout, state: RunState, logfile: Optional[str
         except OSError as exc:  # someone else's file in it: keep it
             log.info("kept %s after the dry run: %s", path, exc)
             return
+    if created:
+        _remove_empty_folders(layout.output_dir, created)
 
 
 def _remove_own_folder(path: str, state: RunState) -> None:
@@ -308,8 +326,7 @@ def execute(pmap, backend) -> Any:
         state = _claim(pmap, layout) if layout else None
     except BaseException:
         if created:
-            with contextlib.suppress(OSError):
-                os.rmdir(layout.output_dir)
+            _remove_empty_folders(layout.output_dir, created)
         raise
     result = None
     try:
@@ -318,8 +335,8 @@ def execute(pmap, backend) -> Any:
         if state is not None:
             state.release()
     if result is _DECLINED:
-        if created:
-            _remove_created(layout, state, _logfile_path(pmap, layout))
+        if layout is not None and not pmap.resume:
+            _remove_created(layout, state, _logfile_path(pmap, layout), created)
         return None
     return result
 
@@ -376,7 +393,8 @@ def _execute(pmap, backend, layout: Optional[OutputLayout],
             if not ask_to_continue(report, len(tasks), backend.n_workers,
                                    pmap.setup_interactive):
                 log.info("stopped after the dry run, as asked; nothing else ran%s",
-                         f"; {layout.output_dir} is removed" if layout else "")
+                         f"; what it made in {layout.output_dir} is removed"
+                         if layout and not pmap.resume else "")
                 return _DECLINED
         start = time.perf_counter()
         first_at = None
