@@ -145,3 +145,32 @@ def test_ci_on_a_terminal_gets_log_lines_not_a_bar(tmp_path):
     in_ci = in_ci.replace("\r\n", "\n")  # the terminal's own line ends
     assert "FAILED" in in_ci and "\r" not in in_ci, in_ci
     assert progress_lines(in_ci), in_ci
+
+
+def test_log_lines_never_flood(caplog, monkeypatch):
+    """10 000 results one by one, stderr not a terminal: one line per tenth (9) and the
+    summary; with the minute between lines made 0 s, one line per result."""
+    import logging
+
+    from acme import progress
+    monkeypatch.delenv("ACME_NO_PROGRESS", raising=False)
+    with caplog.at_level(logging.INFO, logger="acme"):
+        bar = progress.Progress(10_000, "f", None)
+        assert bar.mode == "log"
+        for i in range(10_000):
+            failed = int(i % 1000 == 0)
+            bar.update(1 - failed, failed=failed)
+        bar.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "acme.progress"]
+    assert len(lines) == 10, lines
+    assert lines[0].startswith("progress: f: 1000/10000 calls (10%), 1 failed, ")
+    assert lines[-1].startswith("progress: f: 10000/10000 calls, 10 failed, in ")
+    caplog.clear()
+    monkeypatch.setattr(progress, "LOG_EVERY_SECONDS", 0.0)
+    with caplog.at_level(logging.INFO, logger="acme"):
+        bar = progress.Progress(50, "g", None)
+        for _ in range(50):
+            bar.update(1)
+        bar.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "acme.progress"]
+    assert len(lines) == 50, lines  # 49 updates (the 50th is the summary's) + summary
