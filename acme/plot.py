@@ -88,12 +88,15 @@ class Timeline:
             return None
         return cls(folder)
 
-    def add(self, pid: int, outcomes: Iterable[tuple[int, float, bool]]) -> None:
-        """Record ``(index, duration, ok)`` of calls one worker (``pid``) ran."""
+    def add(self, pid: int, outcomes: Iterable[tuple[int, float, bool]],
+            measure: bool = True) -> None:
+        """Record ``(index, duration, ok)`` of calls one worker ran: ``pid``, a
+        process on this machine whose memory is read (unless ``measure`` is False,
+        e.g. for an MPI rank: then ``pid`` only names the worker)."""
         if self.broken:
             return
         end = time.time()
-        peak, now = _memory_mb(pid)
+        peak, now = _memory_mb(pid) if measure else (None, None)
         mb = [f"{v:.1f}" if v is not None else "-" for v in (peak, now)]
         text = "".join(f"{int(i)}\t{end:.3f}\t{d:.6f}\t{int(bool(ok))}\t{pid}\t{mb[0]}\t"
                        f"{mb[1]}\n" for i, d, ok in outcomes)
