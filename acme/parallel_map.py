@@ -281,8 +281,11 @@ class ParallelMap:
         """esi-acme's cleanup of old auto-generated folders, where ours would go."""
         import sys
         from .logs import run_logging
-        interactive = (self.setup_interactive and sys.stdin is not None
-                       and sys.stdin.isatty())
+        try:
+            interactive = self.setup_interactive and sys.stdin is not None \
+                and sys.stdin.isatty()
+        except (AttributeError, ValueError, OSError):  # a closed or replaced stdin
+            interactive = False
         with run_logging(self.verbose, None):  # the run's own logging starts later
             check.cleanup_old_folders(os.getcwd(), self.cleanup_threshold_days,
                                       interactive)

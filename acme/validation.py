@@ -13,7 +13,7 @@ import stat
 import time
 from typing import Any, Optional, Union
 
-log = logging.getLogger("acme")
+log = logging.getLogger(__name__)
 
 __all__ = ["check_bool", "check_auto_or_int", "check_optional_bool", "check_choice",
            "check_positive_number", "check_path", "check_logfile", "parse_memory",
@@ -55,12 +55,10 @@ def check_auto_or_int(value: Any, name: str, minimum: int = 1) -> Union[str, int
         return value
     if isinstance(value, numbers.Real) and not _is_int(value) \
             and not isinstance(value, bool):
-        # esi-acme takes a whole float (4.0) as that integer and refuses 3.6 with a
-        # ValueError: scripts catch that type
-        if not float(value).is_integer():
-            raise ValueError(f"`{name}` has to be 'auto' or an integer >= {minimum}, "
-                             f"not {value!r}")
-        value = int(value)
+        # a number that is not an integer: a ValueError, as in esi-acme (which also
+        # takes a whole float such as 4.0 for 4; acme does not guess)
+        raise ValueError(f"`{name}` has to be 'auto' or an integer >= {minimum}, "
+                         f"not {type(value).__name__} {value!r}")
     if not _is_int(value):
         raise TypeError(f"`{name}` has to be 'auto' or an integer >= {minimum}, "
                         f"not {_show(value)}")

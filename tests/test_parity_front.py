@@ -102,7 +102,6 @@ CASES = {
     "n_inputs=0": dict(n_inputs=0),
     "n_inputs='x'": dict(n_inputs="x"),
     "n_inputs=True": dict(n_inputs=True),
-    "n_inputs=4.0 (no argument of 4)": dict(n_inputs=4.0),
     "write_worker_results=1": dict(write_worker_results=1),
     "output_dir=3": dict(output_dir=3),
     "output_dir under a file": dict(output_dir=os.path.abspath("a_file/sub")),
@@ -163,13 +162,17 @@ def one(x):
     return x
 
 
-def test_n_inputs_given_as_a_whole_float_is_that_integer_as_in_esi_acme():
-    with ParallelMap(one, 7, n_inputs=3.0, write_worker_results=False,
+def test_a_number_of_calls_or_workers_that_is_not_an_integer_is_a_value_error():
+    """esi-acme raises ValueError for 3.6; it takes 4.0 for 4, acme refuses that too
+    (with the same type) rather than guess."""
+    for name in ("n_inputs", "n_workers"):
+        for value in (3.6, 3.0, float("nan"), np.float64(2.0)):
+            with pytest.raises(ValueError, match=f"`{name}` has to be 'auto' or an "
+                               "integer"):
+                ParallelMap(one, [1, 2, 3], **{name: value})
+    with ParallelMap(one, 7, n_inputs=np.int64(3), write_worker_results=False,
                      backend="sequential", verbose=False) as pmap:
-        assert pmap.n_inputs == 3
         assert pmap.compute() == [7, 7, 7]
-    with pytest.raises(ValueError, match="`n_inputs`"):
-        ParallelMap(one, 7, n_inputs=3.6)
 
 
 # ====================================================== cleanup_threshold_days
