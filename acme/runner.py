@@ -365,12 +365,71 @@ def _journal(pmap, layout: OutputLayout, state: RunState, indices: list,
         log.warning("%s", exc)
 
 
+class _Tally:
+    """What the calls of one run have given so far: values (or result files),
+    failures, and the timings the summary reports."""
+
+    def __init__(self, pmap, layout: Optional[OutputLayout], state: Optional[RunState],
+                 done: dict[int, str]):
+        self.pmap, self.layout, self.state = pmap, layout, state
+        self.func_name = getattr(pmap.func, "__name__", "func")
+        self.values: list = [None] * pmap.n_inputs
+        self.stored: dict[int, Stored] = {}
+        self.errors: dict[int, CallFailure] = {}
+        self.longest = (0.0, -1)
+        self.first_at: Optional[float] = None
+        self.received = len(done)  # calls with a result (in memory or on disk)
+        for i, path in done.items():
+            self.values[i] = path
+            self.stored[i] = Stored(path, pickled=path.endswith(".pickle"),
+                                    shape=stored_shape(path) if pmap.result_spec else None)
+
+    def take(self, item, start: float) -> tuple[int, int]:
+        """Record one outcome or packed batch; returns (results, failures) in it."""
+        indices, results, durations, failed = (
+            item if isinstance(item, tuple) else pack_outcomes([item]))
+        self.first_at = self.first_at or time.perf_counter() - start
+        if durations:
+            self.longest = max(self.longest, max(zip(durations, indices)))
+        if self.layout is None:
+            for index, value in zip(indices, results):
+                self.values[index] = value
+        else:
+            for index, note in zip(indices, results):
+                self.stored[index] = note
+                self.values[index] = note.path
+            _journal(self.pmap, self.layout, self.state, indices, results)
+            if self.pmap.resume:
+                for index in indices:
+                    self.state.clear_failure(index)
+        for outcome in failed:
+            self.longest = max(self.longest, (outcome.duration, outcome.index))
+            _report_failure(outcome.failure, self.func_name, self.state)
+            self.errors[outcome.index] = outcome.failure
+        self.received += len(indices)
+        return len(indices), len(failed)
+
+    def result(self) -> Any:
+        """What ``compute`` returns; a ParallelMapError if any call failed."""
+        pmap, layout, errors = self.pmap, self.layout, self.errors
+        if errors:
+            first = errors[min(errors)].as_exception()
+            error = ParallelMapError(failure_report(self.func_name, pmap.n_inputs, errors),
+                                     sorted(errors), self.values, errors)
+            # A call run in this process (sequential backend) left its live frames: a
+            # post-mortem debugger (pdb.pm, %debug) then lands in the user's function.
+            raise error.with_traceback(first.__traceback__) from first
+        if layout is not None and pmap.single_file:
+            return [pmap.results_container]
+        if layout is None and pmap.result_spec is not None:
+            return stack_in_memory(pmap.result_spec, self.values, pmap.n_inputs)
+        return self.values
+
+
 def _execute(pmap, backend, layout: Optional[OutputLayout],
              state: Optional[RunState]) -> Any:
-    func_name = getattr(pmap.func, "__name__", "func")
     state, done = _start_state(pmap, layout, state) if layout else (None, {})
-    logfile = _logfile_path(pmap, layout)
-    with run_logging(pmap.verbose, logfile):
+    with run_logging(pmap.verbose, _logfile_path(pmap, layout)):
         _log_parameters(pmap, backend, layout)
         for index, why in sorted(getattr(state, "damaged", {}).items()):
             log.warning("call %d is run again: %s", index, why)
@@ -382,12 +441,7 @@ def _execute(pmap, backend, layout: Optional[OutputLayout],
         sink, raw_rows = _make_sink(pmap, backend, layout)
         context = WorkerContext(pmap._plan, sink)
         tasks = pmap._plan.tasks(skip=set(done))
-        values: list = [None] * pmap.n_inputs
-        stored: dict[int, Stored] = {}
-        for i, path in done.items():
-            values[i] = path
-            stored[i] = Stored(path, pickled=path.endswith(".pickle"),
-                               shape=stored_shape(path) if pmap.result_spec else None)
+        tally = _Tally(pmap, layout, state, done)
         if pmap.dryrun and tasks:
             report = dry_run(context, tasks, timeout=pmap.timeout)
             if not ask_to_continue(report, len(tasks), backend.n_workers,
@@ -397,38 +451,14 @@ def _execute(pmap, backend, layout: Optional[OutputLayout],
                          if layout and not pmap.resume else "")
                 return _DECLINED
         start = time.perf_counter()
-        first_at = None
-        errors: dict[int, CallFailure] = {}
-        longest = (0.0, -1)
         finished = False
-        progress = Progress(pmap.n_inputs, func_name, pmap.verbose, already_done=len(done))
+        progress = Progress(pmap.n_inputs, tally.func_name, pmap.verbose,
+                            already_done=len(done))
         stopped_by: Optional[BaseException] = None
-        received = len(done)  # calls with a result (in memory or on disk)
         try:
             with _sigterm_interrupts():
                 for item in backend.run(context, tasks, timeout=pmap.timeout):
-                    indices, results, durations, failed = (
-                        item if isinstance(item, tuple) else pack_outcomes([item]))
-                    first_at = first_at or time.perf_counter() - start
-                    if durations:
-                        longest = max(longest, max(zip(durations, indices)))
-                    if layout is None:
-                        for index, value in zip(indices, results):
-                            values[index] = value
-                    else:
-                        for index, note in zip(indices, results):
-                            stored[index] = note
-                            values[index] = note.path
-                        _journal(pmap, layout, state, indices, results)
-                        if pmap.resume:
-                            for index in indices:
-                                state.clear_failure(index)
-                    for outcome in failed:
-                        longest = max(longest, (outcome.duration, outcome.index))
-                        _report_failure(outcome.failure, func_name, state)
-                        errors[outcome.index] = outcome.failure
-                    progress.update(len(indices), len(failed))
-                    received += len(indices)
+                    progress.update(*tally.take(item, start))
             finished = True
         except BaseException as exc:
             stopped_by = exc
@@ -437,39 +467,33 @@ def _execute(pmap, backend, layout: Optional[OutputLayout],
             progress.close()
             elapsed = time.perf_counter() - start
             pmap.stats = dict(backend.stats, seconds=elapsed,
-                              first_result_seconds=first_at, resumed=len(done),
+                              first_result_seconds=tally.first_at, resumed=len(done),
                               ran=len(tasks))
             if layout is not None:
                 try:
-                    _finish_files(pmap, layout, stored, raw_rows, state)
+                    _finish_files(pmap, layout, tally.stored, raw_rows, state)
                 except OSError as exc:  # e.g. disk full: keep the calls' own errors
                     log.error("could not write the results container in %s: %s",
                               layout.output_dir, exc)
-                    if finished and not errors:
+                    if finished and not tally.errors:
                         raise
             if not finished:
-                _log_stop(stopped_by, elapsed, pmap.n_inputs, received, len(errors),
-                          layout)
-        log.info("%d of %d calls of %s done in %.2f s (%d failed%s)%s",
-                 pmap.n_inputs - len(errors), pmap.n_inputs, func_name, elapsed,
-                 len(errors), f", {len(done)} done earlier" if done else "",
-                 f"; results in {layout.output_dir}" if layout else "")
-        log.info("first result after %.3f s; longest call %d took %.3f s",
-                 first_at or 0.0, longest[1], longest[0])
-        if pmap.results_container:
-            log.info("results container: %s", pmap.results_container)
-    if errors:
-        first = errors[min(errors)].as_exception()
-        error = ParallelMapError(failure_report(func_name, pmap.n_inputs, errors),
-                                 sorted(errors), values, errors)
-        # A call run in this process (sequential backend) left its live frames: a
-        # post-mortem debugger (pdb.pm, %debug) then lands in the user's function.
-        raise error.with_traceback(first.__traceback__) from first
-    if layout is not None and pmap.single_file:
-        return [pmap.results_container]
-    if layout is None and pmap.result_spec is not None:
-        return stack_in_memory(pmap.result_spec, values, pmap.n_inputs)
-    return values
+                _log_stop(stopped_by, elapsed, pmap.n_inputs, tally.received,
+                          len(tally.errors), layout)
+        _log_summary(pmap, tally, elapsed, len(done))
+    return tally.result()
+
+
+def _log_summary(pmap, tally: _Tally, elapsed: float, n_done_earlier: int) -> None:
+    layout, n_failed = tally.layout, len(tally.errors)
+    log.info("%d of %d calls of %s done in %.2f s (%d failed%s)%s",
+             pmap.n_inputs - n_failed, pmap.n_inputs, tally.func_name, elapsed,
+             n_failed, f", {n_done_earlier} done earlier" if n_done_earlier else "",
+             f"; results in {layout.output_dir}" if layout else "")
+    log.info("first result after %.3f s; longest call %d took %.3f s",
+             tally.first_at or 0.0, tally.longest[1], tally.longest[0])
+    if pmap.results_container:
+        log.info("results container: %s", pmap.results_container)
 
 
 def _log_stop(stopped_by: Optional[BaseException], elapsed: float, n_calls: int,
