@@ -554,7 +554,8 @@ def _go_local(name: str, interactive: bool) -> bool:
             raise SlurmUnavailableError(f"{name}: SLURM is not usable on {host} "
                                         f"({reason}); no local workers started, as asked")
     log.warning("%s: SLURM is not usable on %s (%s): starting local worker processes "
-                "instead, one per core (as local_cluster_setup())", name, host, reason)
+                "instead, one per core, as local_cluster_setup() does (n_workers and "
+                "mem_per_worker are for SLURM workers)", name, host, reason)
     return True
 
 

@@ -444,18 +444,31 @@ def test_slurm_pool_interactive_wait_gives_up_without_an_answer(tmp_path, slurm)
 
 
 @pytest.mark.timeout(120)
-def test_esi_cluster_setup_on_slurm_derives_cores_and_reuses_its_pool(tmp_path, slurm):
+def test_esi_cluster_setup_on_slurm_derives_cores_and_reuses_its_pool(tmp_path, slurm,
+                                                                      monkeypatch):
     """esi_cluster_setup(partition, n_workers, mem_per_worker) as esi-acme: cores from
-    mem_per_worker / DefMemPerCPU; a second call returns the running pool; partitions
-    of the other architecture are refused before anything is submitted."""
+    mem_per_worker / DefMemPerCPU; the job log in the site's log folder (here moved
+    into tmp_path: /cs/slurm exists only at ESI); a second call returns the running
+    pool; partitions of the other architecture are refused before anything is
+    submitted."""
+    import dataclasses
+    import getpass
     import platform
+    site = tmp_path / "cs_slurm"
+    site.mkdir()
+    monkeypatch.setattr(clusters, "_ESI", dataclasses.replace(
+        clusters._ESI, marker=str(site), log_root=str(site / "{user}")))
     pool = acme.esi_cluster_setup("large", 1, "4GB", interactive=False)
     assert pool.partition == "large" and pool.n_workers == 1
     assert pool.cpus_per_worker == 2  # 4096 MB / DefMemPerCPU 2000 MB
+    user = getpass.getuser()
+    assert re.fullmatch(rf"{re.escape(str(site))}/{user}/{user}_\d{{8}}-\d{{6}}/"
+                        rf"slurm-{pool.job_id}\.out", pool.log_path), pool.log_path
     assert acme.esi_cluster_setup("large", 1, "4GB", interactive=False) is pool
     assert squeue_ids(tmp_path) == [pool.job_id]
     acme.cluster_cleanup(pool)
     assert wait_until(lambda: not job_listed(pool.job_id), 30)
+    assert os.path.isfile(pool.log_path)
     if platform.machine() == "x86_64":
         with pytest.raises(ValueError, match="E880.*x86_64"):
             acme.esi_cluster_setup("E880", interactive=False)
