@@ -73,13 +73,13 @@ def _count(value: Any, name: str, minimum: int) -> int:
     return int(value)
 
 
-def _seconds(value: Any, name: str) -> float:
-    """A number of seconds ``>= 0``."""
+def _amount(value: Any, name: str, unit: str) -> float:
+    """A number (of ``unit``) ``>= 0``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"`{name}` has to be a number of seconds >= 0, not "
+        raise TypeError(f"`{name}` has to be a number of {unit} >= 0, not "
                         f"{type(value).__name__} {value!r}")
     if not value >= 0:
-        raise ValueError(f"`{name}` has to be a number of seconds >= 0, not {value}")
+        raise ValueError(f"`{name}` has to be a number of {unit} >= 0, not {value}")
     return float(value)
 
 
@@ -304,9 +304,9 @@ def slurm_cluster_setup(partition: str = "auto", n_cores: int = 1,
     processes = _count(processes_per_worker, "processes_per_worker", 1)
     workers = _n_workers(n_workers)
     _count(n_workers_startup, "n_workers_startup", 0)
-    wait = _seconds(interactive_wait, "interactive_wait")
+    wait = _amount(interactive_wait, "interactive_wait", "seconds")
     check_bool(start_client, "start_client")
-    cushion = _seconds(mem_cushion, "mem_cushion")
+    cushion = _amount(mem_cushion, "mem_cushion", "MB")
     extra = _check_job_extra(job_extra)
     for name, value in (("worker_extra_args", worker_extra_args),
                         ("scheduler_options", scheduler_options)):

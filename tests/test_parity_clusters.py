@@ -319,7 +319,7 @@ def test_local_cluster_setup_without_a_cap_and_bad_caps(pools):
     ({"n_workers_startup": -1}, ValueError, "n_workers_startup"),
     ({"interactive_wait": -1}, ValueError, "interactive_wait"),
     ({"start_client": "yes"}, TypeError, "start_client"),
-    ({"mem_cushion": "100MB"}, TypeError, "mem_cushion"),
+    ({"mem_cushion": "100MB"}, TypeError, "mem_cushion.*number of MB"),
     ({"avail_partitions": "small"}, TypeError, "avail_partitions"),
 ])
 def test_slurm_cluster_setup_refuses_bad_esi_acme_keywords(kwargs, error, pattern):
