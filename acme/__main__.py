@@ -257,13 +257,20 @@ def _show(args) -> int:
             missing = sorted(set(status["missing"]) | set(status["failed"]))
             pickled = {i: rel for i, rel in status["files"].items()
                        if rel.endswith(".pickle")}
+            # (a recorded call whose file is gone is "damaged": shown as MISSING)
+            why = dict.fromkeys(set(status["missing"]) - set(status["damaged"]),
+                                "the call did not finish")
+            why.update(dict.fromkeys(status["failed"], "the call failed"))
         else:  # a pickled call has a result, though not in the container
             pickled = _call_files(folder, pickles_only=True)
             missing = sorted({int(i) for i in h5f.attrs.get("acme_missing_calls", [])}
                              - set(pickled))
+            why = dict.fromkeys(missing, "the run recorded no result")
         if missing:
             print(f"  calls without a result: {_ranges(missing)}")
-        missing_files = _show_names(h5f, args.limit)
+        # a call without an HDF5 result has a dangling link (esi-acme's layout)
+        why.update({i: f"pickled: {printable(rel)}" for i, rel in pickled.items()})
+        missing_files = _show_names(h5f, args.limit, why)
     _show_call_files(folder, pickled, args.limit, "not in the container")
     return EXIT_INCOMPLETE if missing_files or missing else EXIT_OK
 
@@ -317,8 +324,9 @@ def _show_call_files(folder: str, files: dict, limit: int, pickle_note: str) -> 
         print(f"  ... and {len(files) - limit} more call files (--limit to show more)")
 
 
-def _show_names(h5f, limit: int) -> int:
-    """Print the container's datasets and call groups; the number of broken links."""
+def _show_names(h5f, limit: int, why: dict) -> int:
+    """Print the container's datasets and call groups; the number of broken links
+    that should lead to a result (``why``: call index -> why it has none)."""
     import h5py
     names = sorted(h5f.keys(), key=_natural_key)
     shown = missing_files = 0
@@ -329,6 +337,12 @@ def _show_names(h5f, limit: int) -> int:
         try:
             obj = h5f[name]
         except (KeyError, OSError):
+            index = _natural_key(name)[2] if name.startswith("comp_") else -1
+            if index in why:
+                if shown < limit:
+                    print(f"  {printable(name)}{target}: no result ({why[index]})")
+                shown += 1
+                continue
             print(f"  {printable(name)}{target}: MISSING (the file is gone or unreadable)")
             missing_files += 1
             continue
