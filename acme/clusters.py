@@ -490,9 +490,13 @@ interactive, interactive_wait, start_client, job_extra, mem_cushion, **kwargs
                        start_client, job_extra, mem_cushion, kwargs)
 
 
-def _site_setup(site: _Site, partition, n_workers, mem_per_worker, cores_per_worker,
-                n_workers_startup, timeout, interactive, interactive_wait, start_client,
-                job_extra, mem_cushion, kwargs: dict) -> Any:
+def _site_setup(site: _Site, partition: str, n_workers: Union[int, str],
+                mem_per_worker: str, cores_per_worker: Optional[int],
+                n_workers_startup: int, timeout: float, interactive: bool,
+                interactive_wait: float, start_client: bool, job_extra: Optional[list],
+                mem_cushion: float, kwargs: dict) -> Any:
+    """esi-acme's site preset: a running pool, else local workers without SLURM,
+    else the site's settings handed to :func:`slurm_cluster_setup`."""
     from .validation import check_bool
     check_bool(interactive, "interactive")
     kwargs.pop("n_jobs", None)
