@@ -29,6 +29,8 @@ __all__ = ["build_container", "create_single_file", "finish_single_file",
 ATTR_CALLS = "acme_n_calls"
 ATTR_MISSING = "acme_missing_calls"
 ATTR_AXIS = "acme_stack_axis"
+#: where the link of a call without a result points when a file of its name exists
+NOT_A_RESULT = "/acme_not_a_result"
 
 
 def _fill_value(dtype: np.dtype):
@@ -108,28 +110,71 @@ def remove_stale_temporaries(*folders: str) -> list:
     return removed
 
 
+def _maxshape(spec: ResultSpec, full: tuple) -> tuple:
+    """``full`` with an ``np.inf`` axis unlimited (None), as esi-acme makes it."""
+    return tuple(None if want == np.inf else n for want, n in zip(spec.shape, full))
+
+
+def _n_values(layout: OutputLayout, stored: dict[int, Stored], h5_calls: list) -> int:
+    """How many datasets ``result_k`` the calls wrote (the most any call wrote); for
+    calls done by an earlier run (not known) one of their files is read."""
+    known = [stored[i].n_values for i in h5_calls if stored[i].n_values is not None]
+    unknown = [i for i in h5_calls if stored[i].n_values is None]
+    if unknown:
+        import h5py
+        try:
+            with h5py.File(stored[unknown[0]].path, "r") as h5f:
+                known.append(sum(1 for k in h5f if re.fullmatch(r"result_\d+", k)))
+        except OSError as exc:
+            raise OSError(f"cannot read the result file {stored[unknown[0]].path}: "
+                          f"{exc}") from exc
+    return max(known, default=1)
+
+
 def _container_image(layout: OutputLayout, n_calls: int, spec: Optional[ResultSpec],
                      stored: dict[int, Stored], h5_calls: list, name: str) -> bytes:
-    """The container built in memory (HDF5 never writes to the disk itself)."""
+    """The container built in memory (HDF5 never writes to the disk itself).
+
+    esi-acme's layout: without ``result_shape``, ``comp_{i}`` links to the whole
+    payload of every call; with it, the virtual dataset ``result_0`` and, when calls
+    returned more values, groups ``comp_{i}`` linking each other value
+    (``comp_{i}/result_1`` -> ``result_1`` of the payload). Links are made for every
+    call, so that a call without a result (failed, never ran, pickled) has a
+    dangling link: reading it fails loudly rather than shifting later calls into
+    its place. The virtual dataset maps only the calls that have a payload."""
     import h5py
+    results = set(h5_calls)
+
+    def link(i: int, target: str):
+        # A payload file that is there but is no result of this run (nobody reported
+        # it) is never linked: the link names an object it does not hold instead.
+        if i not in results and os.path.lexists(layout.payload(i)):
+            target = NOT_A_RESULT
+        return h5py.ExternalLink(layout.payload_link(i), target)
+
     # (libver="latest" is not used: HDF5 1.10.8 gives a file image of such a file
     # with a wrong superblock checksum)
     with h5py.File(name, "w", driver="core", backing_store=False) as h5f:
-        for i in h5_calls:
-            h5f[f"comp_{i}"] = h5py.ExternalLink(layout.payload_link(i), "/")
-        if spec is not None:
+        if spec is None:
+            for i in range(n_calls):
+                h5f[f"comp_{i}"] = link(i, "/")
+        else:
             shapes = {i: stored[i].shape for i in h5_calls}
             full = _stacked_shape(spec, n_calls, shapes)
-            vds = h5py.VirtualLayout(shape=full, dtype=spec.dtype)
+            vds = h5py.VirtualLayout(shape=full, dtype=spec.dtype,
+                                     maxshape=_maxshape(spec, full))
             for i in h5_calls:
                 source = h5py.VirtualSource(layout.payload_link(i), "result_0",
-                                            shape=shapes[i], dtype=spec.dtype)
-                # a scalar call value is stored with shape (1,) (esi-acme's layout)
+                                            shape=shapes[i])
+                # a scalar is 0-d; acme before 2026-12 stored it with shape (1,)
                 place = shapes[i] if len(shapes[i]) == len(spec.call_shape) \
                     else spec.call_shape
                 vds[_index(spec, i, place)] = source
             h5f.create_virtual_dataset("result_0", vds,
                                        fillvalue=_fill_value(spec.dtype))
+            for k in range(1, _n_values(layout, stored, h5_calls) if h5_calls else 1):
+                for i in range(n_calls):
+                    h5f[f"comp_{i}/result_{k}"] = link(i, f"result_{k}")
         h5f.attrs[ATTR_CALLS] = n_calls
         h5f.attrs[ATTR_MISSING] = np.array(
             sorted(set(range(n_calls)) - set(h5_calls)), dtype=np.int64)
@@ -139,12 +184,14 @@ def _container_image(layout: OutputLayout, n_calls: int, spec: Optional[ResultSp
 
 def build_container(layout: OutputLayout, n_calls: int, spec: Optional[ResultSpec],
                     stored: dict[int, Stored]) -> str:
-    """Write ``f.h5``: ``comp_{i}`` external links to every HDF5 payload and, with
-    ``result_shape``, a virtual dataset ``result_0`` stacking them.
+    """Write ``f.h5`` (see :func:`_container_image`): ``comp_{i}`` external links to
+    the payloads or, with ``result_shape``, a virtual dataset ``result_0`` stacking
+    them (and ``comp_{i}/result_k`` links to their other values).
 
     Only the calls in ``stored`` (reported by a worker in this run, or journaled
-    and verified by an earlier one) are linked: a file nobody reported is not a
-    result. Source paths are relative to the container so the folder can be moved.
+    and verified by an earlier one) are mapped into ``result_0``: a file nobody
+    reported is not a result (its ``comp_{i}`` link is there, as for every call, but
+    readers of acme runs go by the journal, never by links). Source paths are relative to the container so the folder can be moved.
     The container is built in memory, written under a new temporary name, flushed
     to the disk and renamed, so a kill or a full disk leaves the earlier one.
     """
@@ -268,6 +315,34 @@ def _copy_file(src: str, out: _TempWriter) -> None:
         os.close(fd)
 
 
+def _stacked_dataset(h5f, spec: ResultSpec, full: tuple):
+    """``result_0`` of the single file with shape ``full``, keeping the rows of an
+    earlier merge (a resumed run): grown in place where its maxshape allows (an
+    ``np.inf`` axis is unlimited, as in esi-acme), else copied into a new one."""
+    old = h5f.get("result_0")
+    if old is not None and old.shape == full:
+        return old
+    if old is not None and old.chunks is not None and all(
+            m is None or m >= n for m, n in zip(old.maxshape, full)) and all(
+            o <= n for o, n in zip(old.shape, full)):
+        old.resize(full)
+        return old
+    rows = None
+    if old is not None:
+        if old.size and len(old.shape) == len(full) and all(
+                o <= n for o, n in zip(old.shape, full)):
+            rows = old[()]  # e.g. a file of acme before 2026-12 (fixed maxshape)
+        del h5f["result_0"]  # else made up front, but of size 0 (no storage)
+    maxshape = _maxshape(spec, full)
+    dset = h5f.create_dataset("result_0", shape=full, dtype=spec.dtype,
+                              maxshape=maxshape, chunks=True if None in maxshape else None,
+                              fillvalue=_fill_value(spec.dtype))
+    dset.attrs[ATTR_AXIS] = spec.stack_axis
+    if rows is not None:
+        dset[tuple(slice(0, n) for n in rows.shape)] = rows
+    return dset
+
+
 def _merge_parts(h5f, layout: OutputLayout, n_calls: int, spec: Optional[ResultSpec],
                  stored: dict[int, Stored], raw_rows: bool, h5_calls: list,
                  parts: dict[int, str]) -> None:
@@ -275,18 +350,14 @@ def _merge_parts(h5f, layout: OutputLayout, n_calls: int, spec: Optional[ResultS
     if spec is not None and not raw_rows:
         shapes = {i: stored[i].shape for i in h5_calls}
         full = _stacked_shape(spec, n_calls, shapes)
-        if "result_0" in h5f and h5f["result_0"].shape == full:
-            dset = h5f["result_0"]  # made by an earlier merge: keep its rows
-        else:
-            if "result_0" in h5f:
-                del h5f["result_0"]  # made up front, but of size 0 (no storage)
-            dset = h5f.create_dataset("result_0", shape=full, dtype=spec.dtype,
-                                      fillvalue=_fill_value(spec.dtype))
-            dset.attrs[ATTR_AXIS] = spec.stack_axis
+        dset = _stacked_dataset(h5f, spec, full)
         for i in h5_calls:
             if i in parts:
                 with h5py.File(parts[i], "r") as part:
                     dset[_index(spec, i, shapes[i])] = part["result_0"][()]
+    if spec is None:  # esi-acme makes a group for every call, empty for a failed one
+        for i in range(n_calls):
+            h5f.require_group(f"comp_{i}")
     for i, part_path in sorted(parts.items()):
         with h5py.File(part_path, "r") as part:
             names = [n for n in part if not (spec is not None and n == "result_0")]

@@ -20,7 +20,11 @@ from typing import Any, Optional
 import numpy as np
 
 from .readers import (MissingResultError, _check_index, _ranges, _read_pickle,
-                      _result_keys, find_container)
+                      _read_values, _result_keys, find_container, pickled_values)
+
+
+def _payload_values(path: str, index: int) -> list:
+    return _read_values(path, index)
 
 
 def _listdir(folder: str) -> list[str]:
@@ -38,32 +42,39 @@ def container_in(folder: str) -> str:
     folder has none)."""
     found = sorted(n for n in _listdir(folder) if n.endswith(".h5")
                    and not n.startswith(".") and os.path.isfile(os.path.join(folder, n)))
+    names = set(_listdir(folder))
+    match = re.match(r"^(.+)_\d+\.h5$", found[0]) if len(found) == 1 else None
+    if match and any(re.fullmatch(re.escape(match.group(1)) + r"_\d+\.pickle", n)
+                     for n in names):
+        found = []  # one call's file beside pickles: esi-acme removed the container
     if len(found) != 1:
         raise FileNotFoundError(f"expected one container file (<func>.h5) in {folder!r}, "
                                 f"found {found or 'none'}")
     return os.path.join(folder, found[0])
 
 
-def _esi_pickle(folder: str, index: int) -> Optional[str]:
-    """``<func>_<index>.pickle`` of an esi-acme write_pickle folder, by exact name;
-    None if the folder holds no such pickles at all."""
-    pattern = re.compile(r"^(.+)_(\d+)\.pickle$")
-    stems = {}
+def _esi_call_file(folder: str, index: int) -> Optional[str]:
+    """``<func>_<index>.pickle`` (or ``.h5``) at the top of an esi-acme folder without
+    a container, by exact name: a ``write_pickle`` folder, or one whose container
+    esi-acme removed because some values had to be pickled (it then moves every
+    call's file to the top); None if the folder holds no such files at all."""
+    pattern = re.compile(r"^(.+)_(\d+)\.(pickle|h5)$")
+    stems: dict = {}
     for name in _listdir(folder):
         match = pattern.match(name)
         if match:
-            stems.setdefault(match.group(1), set()).add(int(match.group(2)))
+            stems.setdefault(match.group(1), {})[int(match.group(2))] = name
     if not stems:
         return None
     if len(stems) > 1:
-        raise MissingResultError(f"{folder} holds pickles of several functions "
+        raise MissingResultError(f"{folder} holds result files of several functions "
                                  f"({sorted(stems)}): cannot tell which are results",
                                  [index])
-    stem, indices = stems.popitem()
-    if index not in indices:
+    stem, files = stems.popitem()
+    if index not in files:
         raise MissingResultError(f"call {index} has no result in {folder} (no "
-                                 f"{stem}_{index}.pickle)", [index])
-    return os.path.join(folder, f"{stem}_{index}.pickle")
+                                 f"{stem}_{index}.pickle or .h5)", [index])
+    return os.path.join(folder, files[index])
 
 
 def load_call(path: str, folder: str, index: int) -> Any:
@@ -74,10 +85,12 @@ def load_call(path: str, folder: str, index: int) -> Any:
     try:
         container = find_container(path)
     except FileNotFoundError:
-        pickled = _esi_pickle(folder, index)
-        if pickled is None:
+        found = _esi_call_file(folder, index)
+        if found is None:
             raise
-        return _read_pickle(pickled, index)
+        if found.endswith(".pickle"):
+            return pickled_values(_read_pickle(found, index))
+        return _payload_values(found, index)
     try:
         h5f = h5py.File(container, "r")
     except OSError as exc:

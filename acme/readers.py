@@ -38,7 +38,8 @@ from .layout import OutputLayout
 from .result_spec import ResultSpec
 from .state import RunState, StateError, check_single_file
 
-__all__ = ["find_container", "load_call", "load_stacked", "MissingResultError"]
+__all__ = ["find_container", "load_call", "load_stacked", "MissingResultError",
+           "pickled_values"]
 
 
 class MissingResultError(FileNotFoundError):
@@ -175,8 +176,10 @@ def _expected(run: _Run, index: int) -> set:
     if run.mode == "pickle":
         return {layout.pickle(index)}
     if run.mode == "single_file":
-        return {layout.container, layout.part(index), layout.fallback_pickle(index)}
-    return {layout.payload(index), layout.fallback_pickle(index)}
+        return {layout.container, layout.part(index), layout.pickle(index),
+                layout.fallback_pickle(index)}
+    # a value HDF5 cannot hold: f_{i}.pickle (f_payload/f_{i}.pickle before 2026-12)
+    return {layout.payload(index), layout.pickle(index), layout.fallback_pickle(index)}
 
 
 def _recorded_file(run: _Run, index: int) -> str:
@@ -214,6 +217,13 @@ def _read_pickle(path: str, index: int) -> Any:
     except Exception as exc:  # noqa: BLE001 - a damaged pickle raises many kinds
         raise MissingResultError(f"the result file of call {index} ({path}) is damaged: "
                                  f"{type(exc).__name__}: {exc}", [index]) from None
+
+
+def pickled_values(held: Any) -> list:
+    """The list of return values a result pickle holds: the elements of a tuple or
+    list (esi-acme's fallback pickles hold ``[value]``, or the tuple or list the
+    call returned), else ``[held]`` (``write_pickle`` files hold the bare value)."""
+    return list(held) if isinstance(held, (list, tuple)) else [held]
 
 
 def _result_keys(group) -> list[str]:
@@ -299,7 +309,7 @@ def _folder_of(path: Any) -> str:
 def _load_call_acme(run: _Run, index: int) -> Any:
     path = _recorded_file(run, _check_index(index, run.n_calls))
     if path.endswith(".pickle"):
-        return _read_pickle(path, index)
+        return pickled_values(_read_pickle(path, index))
     if run.mode == "single_file":
         return _single_file_values(run, index, None if path == run.layout.container
                                    else path)
@@ -358,12 +368,15 @@ def load_call(path: str, index: int) -> Any:
 
     Returns
     -------
-    list of numpy.ndarray, or object
-        ``[result_0, result_1, ...]`` as stored in HDF5 (a scalar return value is
-        an array of shape ``(1,)``; with ``single_file`` and ``result_shape``,
-        ``result_0`` is the call's row of the stacked dataset). Where the call's
-        result was pickled (``write_pickle=True``, or a value HDF5 cannot hold),
-        the unpickled return value itself.
+    list
+        Always a list. For a call stored in HDF5, its datasets
+        ``[result_0, result_1, ...]`` as stored (esi-acme's layout: numbers and
+        strings returned together, or one number alone, are one array
+        ``result_0``, e.g. ``[array([18])]``; other values one dataset each, a
+        scalar a 0-d array; with ``single_file`` and ``result_shape``,
+        ``result_0`` is the call's row of the stacked dataset). For a pickled
+        call (``write_pickle=True``, or a value HDF5 cannot hold), its return
+        values: the elements of a returned tuple or list, else ``[value]``.
 
     Raises
     ------
@@ -412,8 +425,11 @@ def _result_0_of(run: _Run, index: int, path: str, data: bool):
     except (OSError, KeyError, ValueError, RuntimeError) as exc:
         raise MissingResultError(f"the result file of call {index} ({path}) is missing "
                                  f"or damaged: {exc}", [index]) from None
-    scalar = spec.call_shape == () and shape == (1,)
-    if not (spec.matches(shape) or scalar) or dtype != spec.dtype:
+    scalar = spec.call_shape == () and shape == (1,)  # (acme before 2026-12)
+    # the payload keeps the value's own dtype (esi-acme's layout); it is cast, with
+    # a check that nothing changes, when stacked
+    numeric = dtype.kind in "biufc" and spec.dtype.kind in "biufc"
+    if not (spec.matches(shape) or scalar) or not (dtype == spec.dtype or numeric):
         raise MissingResultError(
             f"the result file of call {index} ({path}) holds result_0 of shape {shape} "
             f"and dtype {dtype}, not result_shape={spec.describe()} of {spec.dtype}",
@@ -463,11 +479,18 @@ def _stacked_acme(run: _Run) -> np.ndarray:
     out = np.zeros(spec.full_shape(run.n_calls, inf_length), dtype=spec.dtype)
     if spec.dtype.kind in "fc":  # padding of an np.inf axis, as the container has it
         out[...] = np.nan
-    for i, value in each(True).items():  # memory: the result and one call's value
+    found = each(True)
+    for i, value in found.items():  # memory: the result and one call's value
+        try:
+            value = spec.cast(np.asarray(value), i)
+        except ValueError as exc:  # a payload value result_dtype cannot hold
+            problems[i] = f"the result of call {i} cannot be stacked: {exc}"
+            continue
         shape = value.shape if value.ndim == len(spec.call_shape) else spec.call_shape
         sel = [slice(0, n) for n in shape]
         sel.insert(spec.stack_axis, i)
         out[tuple(sel)] = value.reshape(shape)
+    _raise_missing(run, problems)
     return out
 
 

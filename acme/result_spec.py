@@ -6,7 +6,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["ResultSpec", "ResultShapeError", "first_value"]
+__all__ = ["ResultSpec", "ResultShapeError", "first_value", "split_values"]
 
 
 class ResultShapeError(ValueError):
@@ -17,9 +17,26 @@ def _is_inf(entry: Any) -> bool:
     return (isinstance(entry, float) or isinstance(entry, np.floating)) and bool(np.isinf(entry))
 
 
-def first_value(value: Any) -> Any:
-    """The value that ``result_shape`` describes: the first of several return values."""
-    return value[0] if isinstance(value, tuple) else value
+def split_values(value: Any, spec: Optional["ResultSpec"] = None) -> list:
+    """The values a call returned, counted as esi-acme counts them: a tuple or a list
+    is several values (``result_0``, ``result_1``, ...), anything else one. With
+    ``result_shape`` (``spec``), a list that as a whole has the shape of one call's
+    value (e.g. ``[1, 2, 3]`` for ``(None, 3)``) is that one value (esi-acme would
+    take its first element for the row and fail to read the result)."""
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, list):
+        if spec is not None and value and spec.fits_whole(value):
+            return [value]
+        return list(value)
+    return [value]
+
+
+def first_value(value: Any, spec: Optional["ResultSpec"] = None) -> Any:
+    """The value that ``result_shape`` describes: the first of several return values
+    (see :func:`split_values`; None for no value at all)."""
+    values = split_values(value, spec)
+    return values[0] if values else None
 
 
 def parse_dtype(dtype: Any) -> np.dtype:
@@ -95,14 +112,21 @@ class ResultSpec:
             return False
         return all(_is_inf(want) or want == got for want, got in zip(self.call_shape, shape))
 
+    def fits_whole(self, value: list) -> bool:
+        """Whether the list ``value`` as one array has the shape of one call's value."""
+        try:
+            return self.matches(np.shape(value))
+        except ValueError:  # ragged: numpy refuses to give it a shape
+            return False
+
     def check(self, value: Any, index: int) -> np.ndarray:
         """The call's value as an array of the expected shape and dtype, or a clear error."""
         shown = tuple("inf" if _is_inf(e) else e for e in self.call_shape)
-        if isinstance(value, tuple) and not value:
+        if isinstance(value, (tuple, list)) and not value:
             raise ResultShapeError(
-                f"call {index} returned an empty tuple (no value), but result_shape="
-                f"{self.describe()} expects a value of shape {shown} per call")
-        first = first_value(value)
+                f"call {index} returned an empty {type(value).__name__} (no value), but "
+                f"result_shape={self.describe()} expects a value of shape {shown} per call")
+        first = first_value(value, self)
         if isinstance(first, np.ma.MaskedArray) and np.ma.getmaskarray(first).any():
             raise ResultShapeError(
                 f"call {index} returned a masked array with masked elements, but "

@@ -11,6 +11,7 @@ place. A failed write is an OSError that names the file, and leaves nothing behi
 from __future__ import annotations
 
 import errno
+import numbers
 import os
 import pickle
 import secrets
@@ -19,36 +20,43 @@ from typing import Any, Optional
 import numpy as np
 
 from .layout import OutputLayout
-from .result_spec import ResultSpec
+from .result_spec import ResultSpec, split_values
 
 __all__ = ["InMemorySink", "PayloadSink", "PickleSink", "SingleFileSink", "Stored",
-           "stack_in_memory", "hdf5_values", "write_h5_atomic"]
+           "stack_in_memory", "hdf5_values", "split_values", "write_h5_atomic"]
 
 
 class Stored:
     """What a disk sink reports back for one call: where the values went.
 
     ``pickled`` is True when the values could not be stored in HDF5 and were pickled
-    instead; ``shape`` is the shape of the first value (needed for ``np.inf`` axes).
+    instead; ``shape`` is the shape of the first value (needed for ``np.inf`` axes);
+    ``n_values`` the number of datasets ``result_k`` written (None: not known, e.g.
+    for a call done by an earlier run).
     """
 
-    __slots__ = ("path", "pickled", "shape")
+    __slots__ = ("path", "pickled", "shape", "n_values")
 
-    def __init__(self, path: str, pickled: bool = False, shape: Optional[tuple] = None):
+    def __init__(self, path: str, pickled: bool = False, shape: Optional[tuple] = None,
+                 n_values: Optional[int] = None):
         self.path = path
         self.pickled = pickled
         self.shape = shape
+        self.n_values = n_values
 
     def __reduce__(self):
-        return (Stored, (self.path, self.pickled, self.shape))
+        return (Stored, (self.path, self.pickled, self.shape, self.n_values))
 
     def __repr__(self) -> str:
-        return f"Stored({self.path!r}, pickled={self.pickled}, shape={self.shape})"
+        return (f"Stored({self.path!r}, pickled={self.pickled}, shape={self.shape}, "
+                f"n_values={self.n_values})")
 
 
-def _as_values(value: Any) -> list:
-    """A tuple return is several values (result_0, result_1, ...); anything else one."""
-    return list(value) if isinstance(value, tuple) else [value]
+def _plain(value: Any) -> bool:
+    """esi-acme stores a call's values together in one dataset when every one is a
+    number (``numbers.Number``: Python and numpy numbers, bool, not ``np.bool_``) or
+    a string."""
+    return isinstance(value, (numbers.Number, str))
 
 
 #: numpy dtype kinds, grouped as leaves that np.asarray may mix without changing them:
@@ -108,9 +116,9 @@ def _integers_exact(value: Any, dtype: np.dtype) -> bool:
 
 
 def _hdf5_array(value: Any) -> Optional[np.ndarray]:
-    """``value`` as an array HDF5 can hold unchanged, or None: dicts, None, objects,
-    ragged lists, and values that an array would change (masked arrays, pandas
-    objects, lists mixing bools or strings with numbers) are pickled instead."""
+    """``value`` as an array HDF5 can hold unchanged (a scalar as a 0-d array), or
+    None: dicts, None, objects, ragged lists, and values that an array would change
+    (masked arrays, pandas objects, lists mixing bools or strings with numbers)."""
     if value is None or isinstance(value, (dict, set, frozenset)):
         return None
     if isinstance(value, bytes) and b"\0" in value:
@@ -118,7 +126,7 @@ def _hdf5_array(value: Any) -> Optional[np.ndarray]:
     if isinstance(value, (str, bytes)):
         import h5py
         kind = h5py.string_dtype("utf-8") if isinstance(value, str) else h5py.string_dtype("ascii")
-        return np.array([value], dtype=kind)
+        return np.array(value, dtype=kind)
     kinds: set = set()
     if not _leaf_kinds(value, kinds) or (len(kinds) > 1 and kinds != {"i", "f"}):
         return None  # e.g. [True, 2] would become [1, 2], [1, "a"] become strings
@@ -137,16 +145,27 @@ def _hdf5_array(value: Any) -> Optional[np.ndarray]:
             arr = arr.astype(h5py.string_dtype("utf-8"))
         else:
             return None
-    if arr.ndim == 0:
-        arr = arr.reshape(1)  # esi-acme stores scalars with shape (1,)
     return arr
 
 
-def hdf5_values(values: list) -> Optional[list]:
-    """Every value as an HDF5-storable array, or None if any one cannot be stored
-    (also for no value at all: a call that returned ``()`` is kept as a pickle)."""
+def hdf5_values(values: list, shaped: bool = False) -> Optional[list]:
+    """The datasets ``result_0``, ``result_1``, ... of a call's ``values`` (see
+    :func:`split_values`), laid out as esi-acme lays them out, or None where HDF5
+    cannot hold them (also for no value at all: ``()`` is kept as a pickle).
+
+    Without ``result_shape`` (``shaped`` False), values that are all numbers or
+    strings go together into one dataset ``result_0`` (a function returning ``18``
+    gives ``[18]``, one returning ``(18, 0.5)`` gives ``[18., 0.5]``), unless that
+    would change one of them (bools or strings among numbers, an integer a float
+    cannot hold exactly): then, as for any other values, each value is a dataset of
+    its own, a scalar a 0-d dataset of its own dtype. With ``result_shape`` each value
+    is always a dataset of its own."""
     if not values:
         return None
+    if not shaped and all(_plain(v) for v in values):
+        together = _hdf5_array(values)
+        if together is not None:
+            return [together]
     arrays = []
     for value in values:
         arr = _hdf5_array(value)
@@ -378,26 +397,28 @@ class InMemorySink:
         if self.spec is None:
             return value
         first = self.spec.check(value, index)
-        if isinstance(value, tuple) and len(value) > 1:
-            return (first,) + value[1:]
+        values = split_values(value, self.spec)
+        if len(values) > 1:
+            return (first,) + tuple(values[1:])
         return first
 
 
 def _storable(layout: OutputLayout, spec: Optional[ResultSpec], index: int,
-              value: Any) -> tuple[Optional[list], Optional[Stored]]:
-    """The call's values as HDF5-storable arrays (first checked against
-    ``result_shape``), or, where HDF5 cannot hold them, the note of the pickle that
-    was written instead."""
-    values = _as_values(value)
-    if spec is not None:
-        values[0] = spec.check(value, index)
-    arrays = hdf5_values(values)
+              value: Any) -> tuple[Optional[list], Optional[np.ndarray], Optional[Stored]]:
+    """The call's datasets (:func:`hdf5_values`; the first checked against
+    ``result_shape``, but stored with its own dtype, as esi-acme stores it) and the
+    first value cast to ``result_dtype``; or, where HDF5 cannot hold them, the note
+    of the pickle written instead: ``f_{i}.pickle`` next to the container, holding
+    the list of values (esi-acme's file; unlike esi-acme, the container stays)."""
+    values = split_values(value, spec)
+    checked = spec.check(value, index) if spec is not None else None
+    arrays = hdf5_values(values, shaped=spec is not None)
     if arrays is not None:
-        return arrays, None
-    path = layout.fallback_pickle(index)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    _pickle_result(path, value, index, "can be stored neither in HDF5 nor as a pickle")
-    return None, Stored(path, pickled=True)
+        return arrays, checked, None
+    path = layout.pickle(index)
+    held = value if isinstance(value, (list, tuple)) else [value]
+    _pickle_result(path, held, index, "can be stored neither in HDF5 nor as a pickle")
+    return None, None, Stored(path, pickled=True)
 
 
 class PayloadSink:
@@ -408,12 +429,12 @@ class PayloadSink:
         self.spec = spec
 
     def store(self, index: int, value: Any) -> Stored:
-        arrays, pickled = _storable(self.layout, self.spec, index, value)
+        arrays, _, pickled = _storable(self.layout, self.spec, index, value)
         if pickled is not None:
             return pickled
         path = self.layout.payload(index)
         write_h5_atomic(path, arrays)
-        return Stored(path, shape=arrays[0].shape)
+        return Stored(path, shape=arrays[0].shape, n_values=len(arrays))
 
 
 class PickleSink:
@@ -448,17 +469,17 @@ class SingleFileSink:
         self.file_id = _identity(layout.container) if raw_offset is not None else None
 
     def store(self, index: int, value: Any) -> Stored:
-        arrays, pickled = _storable(self.layout, self.spec, index, value)
+        arrays, checked, pickled = _storable(self.layout, self.spec, index, value)
         if pickled is not None:
             return pickled
-        shape = arrays[0].shape
+        shape, n_values = arrays[0].shape, len(arrays)
         first_key = 0
         if self.writes_result_0:
-            self._write_result_0(index, arrays[0])
+            self._write_result_0(index, checked)
             arrays, first_key = arrays[1:], 1
         if arrays:
             write_h5_atomic(self.layout.part(index), arrays, first_key=first_key)
-        return Stored(self.layout.container, shape=shape)
+        return Stored(self.layout.container, shape=shape, n_values=n_values)
 
     @property
     def writes_result_0(self) -> bool:

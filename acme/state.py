@@ -372,8 +372,10 @@ def _expected_paths(layout: OutputLayout, mode: str, index: int) -> set:
     if mode == "pickle":
         return {layout.pickle(index)}
     if mode == "single_file":
-        return {layout.container, layout.part(index), layout.fallback_pickle(index)}
-    return {layout.payload(index), layout.fallback_pickle(index)}
+        return {layout.container, layout.part(index), layout.pickle(index),
+                layout.fallback_pickle(index)}
+    # a value HDF5 cannot hold: f_{i}.pickle (f_payload/f_{i}.pickle before 2026-12)
+    return {layout.payload(index), layout.pickle(index), layout.fallback_pickle(index)}
 
 
 def _check_file(path: str, size: Optional[int], part: bool = False) -> Optional[str]:

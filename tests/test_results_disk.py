@@ -135,14 +135,15 @@ def test_default_layout_names_links_and_values(tmp_path, monkeypatch, backend):
             arr, text, half = expected_f(x)
             # through the link
             np.testing.assert_array_equal(h5f[f"comp_{i}/result_0"][()], arr)
-            assert h5f[f"comp_{i}/result_1"].asstr()[()].tolist() == [text]
+            assert h5f[f"comp_{i}/result_1"].asstr()[()] == text
     for i, x in enumerate(xs):
         arr, text, half = expected_f(x)
         values = read_root(out / "f_payload" / f"f_{i}.h5")
         assert set(values) == {"result_0", "result_1", "result_2"}
         np.testing.assert_array_equal(values["result_0"], arr)
-        assert values["result_1"].shape == (1,) and decoded(values["result_1"]) == [text]
-        assert values["result_2"].shape == (1,) and values["result_2"][0] == half
+        # esi-acme's layout: beside an array, each scalar is a 0-d dataset
+        assert np.shape(values["result_1"]) == () and decoded(values["result_1"]) == [text]
+        assert np.shape(values["result_2"]) == () and values["result_2"] == half
     assert_no_tmp(out)
 
 
@@ -200,9 +201,13 @@ def test_virtual_result_0(tmp_path, backend, dtype, shape):
         for i, x in enumerate(xs):
             got = data[i] if shape[0] is None else data[:, i]
             np.testing.assert_array_equal(got, expected_row(x).astype(dtype))
-            # further values stay reachable through the links
+            # further values are reachable through esi-acme's per-value links
             np.testing.assert_array_equal(h5f[f"comp_{i}/result_1"][()], [x, -x])
-            assert isinstance(h5f.get(f"comp_{i}", getlink=True), h5py.ExternalLink)
+            assert isinstance(h5f.get(f"comp_{i}", getlink=True), h5py.HardLink)
+            link = h5f[f"comp_{i}"].get("result_1", getlink=True)
+            assert isinstance(link, h5py.ExternalLink)
+            assert (link.filename, link.path) == (f"row_payload/row_{i}.h5", "result_1")
+            assert set(h5f[f"comp_{i}"]) == {"result_1"}
     assert_no_tmp(out)
 
 
@@ -242,10 +247,11 @@ def test_shape_mismatch_fails_that_call_only(tmp_path, backend):
     assert {p for p in files if p.startswith("sized_payload/")} == \
         {f"sized_payload/sized_{i}.h5" for i in (0, 1, 3)}
     assert_no_tmp(out)
-    # the container is valid: no link for call 2, its rows read as NaN fill
+    # the container is valid: one return value, so only result_0 (esi-acme's layout);
+    # call 2's rows read as NaN fill
     assert pmap.results_container == str(out / "sized.h5")
     with h5py.File(out / "sized.h5", "r") as h5f:
-        assert set(h5f) == {"comp_0", "comp_1", "comp_3", "result_0"}
+        assert set(h5f) == {"result_0"}
         data = h5f["result_0"][()]
     assert data.shape == (4, 100)
     assert np.isnan(data[2]).all()
@@ -292,7 +298,6 @@ def test_moved_folder_still_reads_from_another_cwd(tmp_path, monkeypatch):
         data = h5f["result_0"][()]
         for i, x in enumerate(xs):
             np.testing.assert_array_equal(data[i], expected_row(x, 10))
-            np.testing.assert_array_equal(h5f[f"comp_{i}/result_0"][()], expected_row(x, 10))
             np.testing.assert_array_equal(h5f[f"comp_{i}/result_1"][()], [x, -x])
     np.testing.assert_array_equal(acme.load_stacked(str(moved)),
                                   np.stack([expected_row(x, 10) for x in xs]))
@@ -319,7 +324,7 @@ def test_container_valid_after_a_worker_died(tmp_path):
     assert info.value.failed == [2]
     assert_no_tmp(out)
     with h5py.File(out / "dies_on_2.h5", "r") as h5f:
-        assert set(h5f) == {"comp_0", "comp_1", "comp_3", "comp_4", "result_0"}
+        assert set(h5f) == {"result_0"}  # one return value: no comp_i (esi-acme)
         data = h5f["result_0"][()]
     assert np.isnan(data[2]).all()
     for i in (0, 1, 3, 4):
@@ -335,7 +340,7 @@ def test_container_valid_after_an_interrupted_run(tmp_path):
     assert pmap.results_container == str(out / "interrupted_at_2.h5")
     assert_no_tmp(out)
     with h5py.File(out / "interrupted_at_2.h5", "r") as h5f:
-        assert set(h5f) == {"comp_0", "comp_1", "result_0"}
+        assert set(h5f) == {"result_0"}  # one return value: no comp_i (esi-acme)
         data = h5f["result_0"][()]
     np.testing.assert_array_equal(data[1], np.arange(4.0))
     assert np.isnan(data[2:]).all()
@@ -379,8 +384,8 @@ def test_single_file_without_result_shape_has_groups(tmp_path, backend):
             assert isinstance(h5f.get(f"comp_{i}", getlink=True), h5py.HardLink)
             assert set(group) == {"result_0", "result_1", "result_2"}
             np.testing.assert_array_equal(group["result_0"][()], arr)
-            assert group["result_1"].asstr()[()].tolist() == [text]
-            assert group["result_2"].shape == (1,) and group["result_2"][0] == half
+            assert group["result_1"].asstr()[()] == text  # 0-d, as esi-acme
+            assert group["result_2"].shape == () and group["result_2"][()] == half
 
 
 def test_single_file_inf_axis_is_real_and_padded(tmp_path):
@@ -408,7 +413,7 @@ def test_single_file_concurrent_writers_every_row_right(tmp_path):
     with h5py.File(results[0], "r") as h5f:
         np.testing.assert_array_equal(h5f["result_0"][()], expected)
         assert len([k for k in h5f if k.startswith("comp_")]) == n
-        writers = {int(h5f[f"comp_{i}/result_1"][0]) for i in range(n)}
+        writers = {int(h5f[f"comp_{i}/result_1"][()]) for i in range(n)}
     assert len(writers) == 2 and os.getpid() not in writers  # both workers wrote
     assert dirs_under(out) == set()
 
@@ -459,19 +464,26 @@ def test_unstorable_values_fall_back_to_pickle(tmp_path, backend):
         results, pmap = run(maybe_dict, xs, backend=backend, output_dir=out)
     pickled = {0, 3, 4}
     files = files_under(out)
+    # esi-acme's pickle files (f_i.pickle next to the container, holding [value]);
+    # unlike esi-acme the container and the payloads of the other calls stay
     assert {p for p in files if p.startswith("maybe_dict_payload/")} == \
-        {f"maybe_dict_payload/maybe_dict_{i}.pickle" for i in pickled} | \
         {f"maybe_dict_payload/maybe_dict_{i}.h5" for i in set(xs) - pickled}
+    assert {p for p in files if p.endswith(".pickle")} == \
+        {f"maybe_dict_{i}.pickle" for i in pickled}
     for i in xs:
-        ext = "pickle" if i in pickled else "h5"
-        assert results[i] == str(out / "maybe_dict_payload" / f"maybe_dict_{i}.{ext}")
         if i in pickled:
+            assert results[i] == str(out / f"maybe_dict_{i}.pickle")
             with open(results[i], "rb") as fh:
-                assert pickle.load(fh) == maybe_dict(i)
+                assert pickle.load(fh) == [maybe_dict(i)]
+        else:
+            assert results[i] == str(out / "maybe_dict_payload" / f"maybe_dict_{i}.h5")
     with h5py.File(pmap.results_container, "r") as h5f:
-        assert set(h5f) == {"comp_1", "comp_2", "comp_5"}
+        assert set(h5f) == {f"comp_{i}" for i in xs}  # a link for every call
         for i in (1, 2, 5):
             np.testing.assert_array_equal(h5f[f"comp_{i}/result_0"][()], np.arange(3) * i)
+        for i in pickled:  # dangling: an index-based reader fails loudly
+            with pytest.raises(KeyError):
+                h5f[f"comp_{i}"]
     assert_no_tmp(out)
 
 
@@ -516,29 +528,33 @@ def test_a_failed_write_leaves_no_file(tmp_path, backend):
         {f"bad_string_payload/bad_string_{i}.h5" for i in (0, 1, 3)}
     assert_no_tmp(out)
     with h5py.File(out / "bad_string.h5", "r") as h5f:
-        assert set(h5f) == {"comp_0", "comp_1", "comp_3"}
-        assert h5f["comp_3/result_1"].asstr()[()].tolist() == ["fine"]
+        assert set(h5f) == {f"comp_{i}" for i in range(4)}  # esi-acme: one per call
+        with pytest.raises(KeyError):  # call 2's link dangles
+            h5f["comp_2"]
+        assert h5f["comp_3/result_1"].asstr()[()] == "fine"
 
 
 # ------------------------------------------------------------------ value types
 ROUND_TRIP = [
-    # (value, stored in HDF5?)
-    (True, True),
-    (1 + 2j, True),
-    (np.float16(2.5), True),
-    (np.uint64(2 ** 63), True),
-    (np.zeros(0), True),
-    ([[1, 2], [3, 4]], True),
-    ("", True),
-    (["a", "bcd"], True),
-    (np.array(["x", "yz"]), True),
-    (b"\xffraw", True),
-    (b"nul\x00inside", False),     # a variable-length HDF5 string ends at NUL
-    ([1, "a"], False),              # numpy would turn 1 into "1"
-    ([1.5, b"b"], False),
-    (2 ** 70, False),               # no HDF5 integer that wide
-    (np.datetime64("2020-01-01"), False),
-    ([np.zeros(2), np.zeros(3)], False),  # ragged
+    # (value, the values of its datasets result_0, result_1, ... or None: pickled).
+    # esi-acme's layout: numbers and strings together are one dataset; a list of
+    # anything else is several values, one dataset each
+    (True, [[True]]),
+    (1 + 2j, [[1 + 2j]]),
+    (np.float16(2.5), [np.array([2.5], dtype=np.float16)]),
+    (np.uint64(2 ** 63), [np.array([2 ** 63], dtype=np.uint64)]),
+    (np.zeros(0), [np.zeros(0)]),
+    ([[1, 2], [3, 4]], [[1, 2], [3, 4]]),
+    ("", [[""]]),
+    (["a", "bcd"], [["a", "bcd"]]),
+    (np.array(["x", "yz"]), [["x", "yz"]]),
+    (b"\xffraw", [b"\xffraw"]),       # not a str: a 0-d dataset of its own
+    (b"nul\x00inside", None),         # a variable-length HDF5 string ends at NUL
+    ([1, "a"], [1, "a"]),             # one dataset would turn 1 into "1": two
+    ([1.5, b"b"], [1.5, b"b"]),
+    (2 ** 70, None),                  # no HDF5 integer that wide
+    (np.datetime64("2020-01-01"), None),
+    ([np.zeros(2), np.zeros(3)], [np.zeros(2), np.zeros(3)]),
 ]
 
 
@@ -549,15 +565,14 @@ def typed(i):
 def _same(got, value):
     """Whether the dataset value ``got`` holds ``value`` (h5py reads strings as bytes)."""
     if isinstance(value, bytes):
-        return got.tolist() == [value]
+        return got == value
     if isinstance(value, str):
         return decoded(got) == [value]
     expected = np.asarray(value)
     if expected.dtype.kind == "U":
         return decoded(got) == expected.ravel().tolist()
-    if expected.ndim == 0:
-        expected = expected.reshape(1)
-    return got.dtype == expected.dtype and np.array_equal(got, expected)
+    return np.asarray(got).dtype == expected.dtype and np.array_equal(got, expected) \
+        and np.shape(got) == expected.shape
 
 
 def test_values_keep_their_type_or_are_pickled(tmp_path):
@@ -565,19 +580,18 @@ def test_values_keep_their_type_or_are_pickled(tmp_path):
     n = len(ROUND_TRIP)
     with pytest.warns(UserWarning, match="pickle"):
         results, pmap = run(typed, list(range(n)), output_dir=out)
-    for i, (value, in_hdf5) in enumerate(ROUND_TRIP):
-        if in_hdf5:
+    for i, (value, datasets) in enumerate(ROUND_TRIP):
+        if datasets is not None:
             assert results[i].endswith(f"typed_{i}.h5"), (value, results[i])
-            got = read_root(results[i])["result_0"]
-            assert _same(got, value), (value, got)
+            got = read_root(results[i])
+            assert list(got) == [f"result_{k}" for k in range(len(datasets))], (value, got)
+            for k, want in enumerate(datasets):
+                assert _same(got[f"result_{k}"], want), (value, k, got)
         else:
-            assert results[i].endswith(f"typed_payload/typed_{i}.pickle"), (value, results[i])
+            assert results[i] == str(out / f"typed_{i}.pickle"), (value, results[i])
             with open(results[i], "rb") as fh:
-                got = pickle.load(fh)
-            if isinstance(value, list) and isinstance(value[0], np.ndarray):
-                assert all(np.array_equal(a, b) for a, b in zip(got, value))
-            else:
-                assert got == value and type(got) is type(value)
+                got = pickle.load(fh)  # esi-acme's fallback pickle: [value]
+            assert got == [value] and type(got[0]) is type(value)
 
 
 def matrix(x):
@@ -599,14 +613,14 @@ def test_stacking_axis_in_the_middle_and_scalar_calls(tmp_path, single_file):
         assert h5f["result_0"].is_virtual is not single_file
         np.testing.assert_array_equal(h5f["result_0"][()], expected)
 
-    # result_shape=(None,): each call returns one number (stored as shape (1,))
+    # result_shape=(None,): each call returns one number (a 0-d payload, as esi-acme)
     out = tmp_path / "scalar"
     run(scalar, xs, output_dir=out, single_file=single_file, result_shape=(None,))
     with h5py.File(out / "scalar.h5", "r") as h5f:
         assert h5f["result_0"].is_virtual is not single_file
         np.testing.assert_array_equal(h5f["result_0"][()], [0.0, 1.5, 3.0, 4.5])
     if not single_file:
-        assert read_root(out / "scalar_payload" / "scalar_3.h5")["result_0"].shape == (1,)
+        assert read_root(out / "scalar_payload" / "scalar_3.h5")["result_0"].shape == ()
 
 
 # ------------------------------------------------------------------ write-then-rename

@@ -222,12 +222,19 @@ def test_a_value_result_dtype_cannot_hold_fails_its_call(tmp_path, dtype, mode):
     assert became in message, message
     if mode == "memory":
         return
-    for i in (0, 2, 3):  # the other calls are stored exactly as returned (cast)
+    for i in (0, 2, 3):  # the other calls are stored exactly as returned
         stored = acme.load_call(str(out), i)[0]
-        np.testing.assert_array_equal(stored, np.array([good, good], dtype=dtype))
-        assert stored.dtype == np.dtype(dtype)
+        returned = two_values(i, dtype)
+        if mode == "files":  # the payload keeps the value's own dtype (esi-acme)
+            np.testing.assert_array_equal(stored, returned)
+            assert stored.dtype == returned.dtype
+        else:  # a row of the stacked dataset
+            np.testing.assert_array_equal(stored, np.array([good, good], dtype=dtype))
+            assert stored.dtype == np.dtype(dtype)
     with pytest.raises(acme.MissingResultError):
         acme.load_call(str(out), 1)
+    with pytest.raises(acme.MissingResultError):
+        acme.load_stacked(str(out))
 
 
 def test_lower_precision_floats_are_what_result_dtype_float32_is_for(tmp_path):
@@ -308,8 +315,7 @@ def _same(kind, got, want) -> None:
 
 
 @pytest.mark.parametrize("mode", ["files", "single_file"])
-@pytest.mark.parametrize("kind", ["masked", "dataframe", "series", "bool-and-int",
-                                  "big-int-and-float", "bytes-ending-in-nul"])
+@pytest.mark.parametrize("kind", ["masked", "dataframe", "series", "bytes-ending-in-nul"])
 def test_a_value_an_array_would_change_is_pickled_with_a_warning(tmp_path, kind, mode):
     want = changed_by_arrays(kind)
     out = tmp_path / "out"
@@ -319,12 +325,44 @@ def test_a_value_an_array_would_change_is_pickled_with_a_warning(tmp_path, kind,
                          n_workers=2, verbose=False) as pmap:
             files = pmap.compute()
     for i in range(2):
-        _same(kind, acme.load_call(str(out), i), want)
+        got = acme.load_call(str(out), i)  # a list of the values, also for a pickle
+        if isinstance(want, list):  # a returned list is several values (esi-acme)
+            _same(kind, got, want)
+        else:
+            assert len(got) == 1
+            _same(kind, got[0], want)
         if mode == "files":
-            assert files[i].endswith(".pickle"), files
+            assert files[i] == str(out / f"changed_by_arrays_{i}.pickle"), files
             assert not (out / "changed_by_arrays_payload" / f"changed_by_arrays_{i}.h5").exists()
     with h5py.File(out / "changed_by_arrays.h5", "r") as h5f:  # nothing changed in HDF5
-        assert not any(name.startswith("comp_") for name in h5f), list(h5f)
+        names = [name for name in h5f if name.startswith("comp_")]
+        assert sorted(names) == ["comp_0", "comp_1"]  # esi-acme: one per call ...
+        for name in names:  # ... dangling (files) or empty (single_file)
+            if mode == "files":
+                with pytest.raises(KeyError):
+                    h5f[name]
+            else:
+                assert len(h5f[name]) == 0
+
+
+@pytest.mark.parametrize("mode", ["files", "single_file"])
+@pytest.mark.parametrize("kind", ["bool-and-int", "big-int-and-float"])
+def test_numbers_one_dataset_would_change_are_datasets_of_their_own(tmp_path, kind, mode):
+    """esi-acme stores a returned list or tuple of numbers as one dataset; where that
+    would change a value (a bool among ints, an int a float cannot hold), acme stores
+    each value as a 0-d dataset of its own type instead (esi-acme's layout for values
+    that are not all numbers)."""
+    want = changed_by_arrays(kind)
+    out = tmp_path / "out"
+    with ParallelMap(changed_by_arrays, [kind, kind], output_dir=str(out),
+                     single_file=mode == "single_file", backend="local",
+                     n_workers=2, verbose=False) as pmap:
+        pmap.compute()
+    for i in range(2):
+        got = acme.load_call(str(out), i)
+        assert [np.shape(v) for v in got] == [(), ()]
+        assert [v.item() for v in got] == want
+        assert [type(v.item()) for v in got] == [type(v) for v in want]
 
 
 def bools(x):
@@ -348,7 +386,9 @@ def test_bools_are_stored_as_hdf5_enums_that_read_back_as_bool(tmp_path, mode):
         np.testing.assert_array_equal(h5f["comp_1/result_2"][()], [True, False, True])
     values = acme.load_call(str(out), 1)
     assert [v.dtype for v in values] == [np.bool_] * 3
-    assert values[0].tolist() == [True] and values[1].tolist() == [False]
+    # beside an array, each scalar is a 0-d dataset (esi-acme's layout)
+    assert values[0].shape == () and values[0].tolist() is True
+    assert values[1].shape == () and values[1].tolist() is False
 
 
 # ---------------------------------------------------------------- small input checks
@@ -364,9 +404,9 @@ def test_a_call_returning_an_empty_tuple(tmp_path):
         with ParallelMap(nothing, [0, 1], output_dir=str(out), backend="local",
                          n_workers=2, verbose=False) as pmap:
             pmap.compute()
-    assert acme.load_call(str(out), 1) == ()
+    assert acme.load_call(str(out), 1) == []  # the list of its values: none
     for options in ({"write_worker_results": False}, {"output_dir": str(tmp_path / "o2")}):
-        with pytest.raises(ParallelMapError, match=r"call 0 returned an empty tuple.*"
+        with pytest.raises(ParallelMapError, match=r"call 0 returned an empty tuple .*"
                                                    r"result_shape=\(None, 3\)"):
             ParallelMap(nothing, [0, 1], result_shape=(None, 3), backend="sequential",
                         verbose=False, **options).compute()
