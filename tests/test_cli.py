@@ -383,6 +383,7 @@ def test_show_reads_esi_acme_folder_with_a_pickled_call(tmp_path, require):
     script = tmp_path / "esi_script.py"
     script.write_text(ESI_SCRIPT.replace("OUT", repr(str(out))))
     env = dict(os.environ, PATH=f"{stubs}:{os.environ['PATH']}")
+    env.pop("PYTHONPATH", None)  # it could lead esi-acme's python to our `acme`
     proc = subprocess.run([python, str(script)], cwd=tmp_path, env=env, timeout=240,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
