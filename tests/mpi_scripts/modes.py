@@ -71,7 +71,7 @@ def split_ranks(mode, data):
     elif mode in ("files", "vds", "single_shape", "single_groups"):
         for name, group in data["content"].items():
             if name.startswith("comp_"):
-                ranks.append(int(group.pop("result_2")[0]))
+                ranks.append(int(np.asarray(group.pop("result_2")).reshape(-1)[0]))  # 0-d or (1,)
     return data, ranks
 
 
