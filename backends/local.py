@@ -38,7 +38,7 @@ from acme.tasks import (HOST, CallOutcome, CallTask, WorkerContext, decode_items
 
 from .base import Backend, BatchSizer
 from .local_worker import (UnguardedMainError, _refuse_in_starting_worker, _start_method,
-                           _Worker)
+                           _Worker, refuse_unguarded_script)
 
 log = logging.getLogger("acme")
 
@@ -102,6 +102,7 @@ class LocalPool:
     def __init__(self, n_workers: int, setup_timeout: float = 60.0, wait: bool = True):
         _refuse_in_starting_worker()
         self.mp = multiprocessing.get_context(_start_method())
+        refuse_unguarded_script(self.start_method)
         _stop_at_exit(self)
         self.n_workers = n_workers
         self.workers: list[_Worker] = []
@@ -205,6 +206,7 @@ class LocalBackend(Backend):
     def __init__(self, n_workers: Optional[int] = None, pool: Optional[LocalPool] = None,
                  **options):
         _refuse_in_starting_worker()
+        refuse_unguarded_script(pool.start_method if pool is not None else _start_method())
         if pool is not None and n_workers is None:
             n_workers = pool.n_workers
         super().__init__(n_workers, **options)

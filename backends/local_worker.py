@@ -30,7 +30,7 @@ from acme.tasks import encode_batch, encode_items, loads
 
 log = logging.getLogger(__name__)
 
-__all__ = ["UnguardedMainError", "UNGUARDED_MAIN_EXIT"]
+__all__ = ["UnguardedMainError", "UNGUARDED_MAIN_EXIT", "refuse_unguarded_script"]
 
 
 def _start_method() -> str:
@@ -58,6 +58,25 @@ def _refuse_in_starting_worker() -> None:
     if getattr(multiprocessing.current_process(), "_inheriting", False):
         logging.getLogger("acme").handlers.clear()  # no output from this worker
         raise SystemExit(UNGUARDED_MAIN_EXIT)
+
+
+def refuse_unguarded_script(method: str) -> None:
+    """Raise :class:`UnguardedMainError` before any worker starts when workers import
+    the script (``method`` is not fork) and the script has no ``if __name__ ==
+    "__main__":`` block: each worker would run its top level, map and all, again.
+    (A forkserver dies of it before any worker can say so.)"""
+    if method == "fork":
+        return
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not path or not path.endswith(".py"):  # a prompt, a notebook, python -c
+        return
+    from acme.mpi_run import has_main_guard
+    try:
+        guarded = has_main_guard(path)
+    except (OSError, SyntaxError, ValueError):  # unreadable: the workers will tell
+        return
+    if not guarded:
+        raise UnguardedMainError(_unguarded_main_message(method))
 
 
 def _unguarded_main_message(method: str) -> str:
