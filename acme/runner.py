@@ -510,8 +510,11 @@ def _log_stop(stopped_by: Optional[BaseException], elapsed: float, n_calls: int,
         log.error("the run stopped after %.2f s because of %s: %s: %s%s", elapsed,
                   type(stopped_by).__name__, safe_str(stopped_by), counts, hint)
     else:
+        # the exception itself follows with its text; the log file gets the text too
+        log.error("the run failed before any call finished: %s (see below)",
+                  type(stopped_by).__name__)
         log.error("the run failed before any call finished: %s: %s",
-                  type(stopped_by).__name__, safe_str(stopped_by))
+                  type(stopped_by).__name__, safe_str(stopped_by), extra=FILE_ONLY)
 
 
 def _report_failure(failure: CallFailure, func_name: str,

@@ -147,8 +147,9 @@ _MPI_LAUNCH_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_L
 def _why_not_slurm(func: Optional[Callable]) -> Optional[str]:
     """Why "auto" does not submit to SLURM (None: it does)."""
     import os
+    from acme.progress import env_flag  # the one grammar of acme's yes/no variables
     setting = os.environ.get("ACME_AUTO_SLURM", "").strip()
-    if setting.lower() in ("0", "no", "false", "off"):
+    if setting and not env_flag("ACME_AUTO_SLURM"):
         return f"ACME_AUTO_SLURM={setting} keeps auto off SLURM"
     launcher = next((v for v in _MPI_LAUNCH_VARIABLES if os.environ.get(v)), None)
     if launcher:
