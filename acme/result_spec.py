@@ -142,14 +142,18 @@ class ResultSpec:
 
     def cast(self, arr: np.ndarray, index: int) -> np.ndarray:
         """``arr`` as ``result_dtype``; a value that would change on the way (an
-        integer out of range or not exact as a float, a finite float that overflows
-        to inf, bytes that would be cut short) is an error naming it. Floats of lower
+        integer out of range or not exact as a float, a float that is not a whole
+        number stored as integers, a finite float that overflows to inf, bytes that
+        would be cut short) is an error naming it. Floats of lower
         precision that stay finite are the point of e.g. ``result_dtype="float32"``."""
         source, target = arr.dtype, self.dtype
         if source == target:
             return arr
         integers = source.kind in "iub" and target.kind in "iu"
-        if not (integers or np.can_cast(source, target, casting="same_kind")):
+        # floats holding whole numbers are stored as integers (esi-acme casts any
+        # float; here one that is not whole, or out of range, is an error below)
+        whole = source.kind == "f" and target.kind in "iu"
+        if not (integers or whole or np.can_cast(source, target, casting="same_kind")):
             raise ResultShapeError(
                 f"call {index} returned values of dtype {source}, which cannot be "
                 f"stored as result_dtype {target} without losing information")
@@ -157,6 +161,8 @@ class ResultSpec:
             out = arr.astype(target)
             if source.kind in "iub":  # integers must come back exactly (also as floats)
                 bad = out.astype(source) != arr
+            elif whole:  # every float a whole number the integer type holds
+                bad = ~np.isfinite(arr) | (out.astype(source) != arr)
             elif source.kind in "fc":  # lower precision is fine, overflow to inf is not
                 bad = np.isfinite(out) != np.isfinite(arr)
             else:  # bytes: nothing cut off

@@ -86,14 +86,23 @@ def hdf5_storable(value: Any) -> bool:
     return all(v is not None and not isinstance(v, dict) for v in values)
 
 
-def stored_arrays(value: Any) -> list:
-    """What result_0, result_1, ... hold for a return value (scalars as (1,))."""
+def stored_arrays(value: Any, shaped: bool = False) -> list:
+    """What result_0, result_1, ... hold for a return value, by esi-acme 2026.6.2's
+    rule (results/result_handler.py): without result_shape, values that are all
+    numbers (``numbers.Number``) or strings are one dataset (a lone scalar: shape
+    (1,)); otherwise, and always with result_shape, one dataset per value, a scalar
+    0-d in its own dtype."""
+    import numbers
     values = list(value) if isinstance(value, tuple) else [value]
-    out = []
-    for v in values:
-        arr = np.asarray(v)
-        out.append(arr.reshape(1) if arr.ndim == 0 else arr)
-    return out
+    if not shaped and all(isinstance(v, (numbers.Number, str)) for v in values):
+        return [np.asarray(values)]
+    # (h5py reads a 0-d dataset as a numpy scalar)
+    return [np.asarray(v)[()] if np.ndim(v) == 0 else np.asarray(v) for v in values]
+
+
+def pickled_values(held: Any) -> list:
+    """What load_call gives for a pickled call: the list of its values."""
+    return list(held) if isinstance(held, (list, tuple)) else [held]
 
 
 # ================================================================== comparison
@@ -242,7 +251,7 @@ def layout_paths(desc: dict, output_dir: str) -> dict:
     out = Path(output_dir)
     return {"container": out / f"{stem}.h5", "payload": out / f"{stem}_payload",
             "h5": lambda i: out / f"{stem}_payload" / f"{stem}_{i}.h5",
-            "fallback": lambda i: out / f"{stem}_payload" / f"{stem}_{i}.pickle",
+            "fallback": lambda i: out / f"{stem}_{i}.pickle",  # esi-acme's place
             "pickle": lambda i: out / f"{stem}_{i}.pickle"}
 
 
@@ -307,6 +316,10 @@ def _check_pickles(desc, output_dir, ref) -> list[str]:
 
 
 def _check_container(desc, mode, output_dir, ref) -> list[str]:
+    """esi-acme's container: without result_shape ``comp_i`` for every call (an
+    external link to the payload, dangling for a call without one; a group in
+    single_file, empty for a failed call); with result_shape ``comp_i`` only when the
+    calls returned several values, holding ``result_k`` (k >= 1) of each call."""
     import h5py
     paths = layout_paths(desc, output_dir)
     shaped = mode.endswith("_shape")
@@ -318,60 +331,90 @@ def _check_container(desc, mode, output_dir, ref) -> list[str]:
             return [f"no container {paths['container']}"]
         return []
     dtype = np.dtype(result_dtype_of(desc)) if shaped else None
+    n_others = max((len(stored_arrays(ref[i][1], True)) - 1 for i in ok_h5), default=0)
     with h5py.File(paths["container"], "r") as h5f:
         missing = {int(i) for i in h5f.attrs.get("acme_missing_calls", [])}
         for i, (kind, value) in enumerate(ref):
-            name = f"comp_{i}"
-            if kind == "raise" or not hdf5_storable(value):
-                if name in h5f:
-                    problems.append(f"call {i} ({kind}) has a {name} in the container")
-                if kind == "raise" and i not in missing:
-                    problems.append(f"failed call {i} is not in acme_missing_calls {sorted(missing)}")
-                if kind == "raise" and (paths["h5"](i).exists() or paths["fallback"](i).exists()):
-                    problems.append(f"failed call {i} has a result file")
-                if kind == "ok" and not paths["fallback"](i).is_file():
-                    problems.append(f"call {i}: no pickled fallback {paths['fallback'](i)}")
-                elif kind == "ok":
-                    with open(paths["fallback"](i), "rb") as fh:
-                        found = difference(pickle.load(fh), value, f"fallback pickle {i}")
-                    if found:
-                        problems.append(found)
-                continue
-            if i in missing:
-                problems.append(f"call {i} has a result but is in acme_missing_calls")
-            if not single and not paths["h5"](i).is_file():
-                problems.append(f"call {i}: no payload file {paths['h5'](i)}")
-            want = stored_arrays(value)
-            if shaped:
-                want = want[1:]
-            first = 1 if shaped else 0
-            try:
-                group = h5f[name] if (want or not single) else None
-            except KeyError as exc:
-                problems.append(f"call {i}: {name} cannot be opened: {exc}")
-                continue
-            if group is None:
-                continue
-            keys = sorted(k for k in group if k.startswith("result_"))
-            expect_keys = sorted(f"result_{k}" for k in range(first if single else 0,
-                                                             first + len(want)))
-            if keys != expect_keys:
-                problems.append(f"call {i}: {name} holds {keys}, expected {expect_keys}")
-                continue
-            if shaped and not single:  # the payload's result_0: the cast first value
-                first_want = stored_arrays(expected_stacked(desc, [value]).squeeze(
-                    axis=result_shape_of(desc).index(None)))[0]
-                found = difference(group["result_0"][()], first_want, f"{name}/result_0")
-                if found:
-                    problems.append(found)
-            for k, arr in enumerate(want, start=first):
-                found = difference(group[f"result_{k}"][()], arr, f"{name}/result_{k}")
-                if found:
-                    problems.append(found)
+            problems += _check_comp(h5f, paths, i, kind, value, missing, shaped, single,
+                                    n_others, desc)
         if shaped:
             problems += _check_stacked_dataset(desc, h5f, ref, single, dtype)
         elif "result_0" in h5f:
             problems.append("the container has a result_0 dataset without result_shape")
+    return problems
+
+
+def _check_comp(h5f, paths, i, kind, value, missing, shaped, single, n_others,
+                desc) -> list[str]:
+    name = f"comp_{i}"
+    has_link = h5f.get(name, getlink=True) is not None
+    if kind == "raise" or not hdf5_storable(value):
+        problems = []
+        if kind == "raise" and i not in missing:
+            problems.append(f"failed call {i} is not in acme_missing_calls {sorted(missing)}")
+        if kind == "raise" and (paths["h5"](i).exists() or paths["fallback"](i).exists()):
+            problems.append(f"failed call {i} has a result file")
+        if kind == "ok" and not paths["fallback"](i).is_file():
+            problems.append(f"call {i}: no pickled fallback {paths['fallback'](i)}")
+        elif kind == "ok":
+            with open(paths["fallback"](i), "rb") as fh:  # esi-acme's: the list of values
+                found = difference(pickle.load(fh), pickled_values(value),
+                                   f"fallback pickle {i}")
+            if found:
+                problems.append(found)
+        if single and not shaped:  # an empty group, as esi-acme leaves it
+            if not has_link or len(h5f[name]) != 0:
+                problems.append(f"call {i} ({kind}): {name} is not an empty group")
+        elif single:
+            if has_link:
+                problems.append(f"call {i} ({kind}) has a {name} in the single file")
+        elif shaped and not n_others:
+            if has_link:
+                problems.append(f"call {i} ({kind}) has a {name}, but no call returned "
+                                "more than one value")
+        else:  # a dangling link, so that index-based readers fail loudly
+            target = name if not shaped else f"{name}/result_1"
+            if h5f.get(target, getlink=True) is None:
+                problems.append(f"call {i} ({kind}) has no {target} link")
+            else:
+                try:
+                    h5f[target]
+                    problems.append(f"call {i} ({kind}): {target} is not dangling")
+                except KeyError:
+                    pass  # (``in`` is True for a dangling link: it asks for the link)
+        return problems
+    problems = []
+    if i in missing:
+        problems.append(f"call {i} has a result but is in acme_missing_calls")
+    if not single and not paths["h5"](i).is_file():
+        problems.append(f"call {i}: no payload file {paths['h5'](i)}")
+    want = stored_arrays(value, shaped)
+    first = 1 if shaped else 0
+    if shaped:
+        want = want[1:]
+        if not want and (single or not n_others):
+            if has_link:
+                problems.append(f"call {i}: {name} in the container, but it has one value")
+            return problems
+    try:
+        group = h5f[name]
+    except KeyError as exc:
+        return problems + [f"call {i}: {name} cannot be opened: {exc}"]
+    keys = sorted(k for k in group if k.startswith("result_"))
+    expect_keys = sorted(f"result_{k}" for k in range(first, first + len(want)))
+    if keys != expect_keys:
+        return problems + [f"call {i}: {name} holds {keys}, expected {expect_keys}"]
+    if shaped and not single:  # the payload's result_0: the value in its own dtype
+        import h5py
+        with h5py.File(paths["h5"](i), "r") as payload:
+            found = difference(payload["result_0"][()],
+                               stored_arrays(value, True)[0], f"payload {i} result_0")
+        if found:
+            problems.append(found)
+    for k, arr in enumerate(want, start=first):
+        found = difference(group[f"result_{k}"][()], arr, f"{name}/result_{k}")
+        if found:
+            problems.append(found)
     return problems
 
 
@@ -426,14 +469,12 @@ def check_readers(desc: dict, mode: str, output_dir: str, ref: list,
                             f"result ({kind})")
             continue
         if mode == "pickle" or not hdf5_storable(value):
-            want = value
+            want = pickled_values(value)  # load_call: always the list of values
         else:
-            want = stored_arrays(value)
-            if shaped:
-                single = mode.startswith("single")  # a row of the stacked dataset
-                first = expected_stacked(desc, [value], inf_length(desc, ref) if single
-                                         else None).squeeze(axis=result_shape_of(desc).index(None))
-                want[0] = first if single else stored_arrays(first)[0]
+            want = stored_arrays(value, shaped)
+            if shaped and mode.startswith("single"):  # a row of the stacked dataset
+                want[0] = expected_stacked(desc, [value], inf_length(desc, ref)).squeeze(
+                    axis=result_shape_of(desc).index(None))
         if shaped and mode.startswith("single") and isinstance(got, list) and got:
             # the row of the stacked dataset: h5py gives a numpy scalar for a 0-d row
             got = [np.asarray(got[0])] + got[1:]
