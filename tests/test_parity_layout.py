@@ -141,13 +141,20 @@ def main():
         extra = {} if esi else dict(backend=sys.argv[4])
         if not esi and extra["backend"] == "local":
             extra["n_workers"] = 2
-        try:
-            with acme.ParallelMap(func, [2, 4, 6], output_dir=out, verbose=False,
-                                  setup_interactive=False, **options, **extra) as pmap:
-                returned = pmap.compute()
-            outcome = [os.path.relpath(p, out) for p in returned]
-        except Exception as exc:  # esi-acme: RuntimeError, acme: ParallelMapError
-            outcome = "raised RuntimeError" if isinstance(exc, RuntimeError) else repr(exc)
+        # esi-acme's Dask client now and then loses the function sent for an earlier
+        # map ("computation on lost data"): such a run is tried again, in a new folder
+        for attempt in range(3):
+            if os.path.exists(out):
+                shutil.rmtree(out)
+            try:
+                with acme.ParallelMap(func, [2, 4, 6], output_dir=out, verbose=False,
+                                      setup_interactive=False, **options, **extra) as pmap:
+                    returned = pmap.compute()
+                outcome = [os.path.relpath(p, out) for p in returned]
+            except Exception as exc:  # esi-acme: RuntimeError, acme: ParallelMapError
+                outcome = "raised RuntimeError" if isinstance(exc, RuntimeError) else repr(exc)
+            if not esi or outcome != "raised RuntimeError" or name.startswith("failed"):
+                break
         report[name] = {"returned": outcome, "files": describe(out)}
     if client is not None:
         acme.cluster_cleanup(client)
@@ -223,7 +230,11 @@ def _kept(name: str, esi: dict, ours: dict) -> tuple[dict, dict]:
       container (the other calls stay readable through it) and the payloads, and
       writes esi-acme's ``f_i.pickle`` (holding ``[value]``) next to it;
     * a failed call: esi-acme raises before it adds ``comp_i/result_k`` links with
-      result_shape; acme finishes the container (here none of those cases fails).
+      result_shape; acme finishes the container (here none of those cases fails);
+    * single_file with an ``np.inf`` axis: esi-acme resizes ``result_0`` as calls
+      come in and cuts the values of calls written before a longer one (seen here:
+      call 1's ``[0, 1, 2, 3]`` read back as ``[0, 1, 0, 0]``), depending on the
+      order the calls finish: its values are replaced by the true ones.
     """
     def clean(desc: dict, esi_side: bool) -> dict:
         files = {}
@@ -234,6 +245,11 @@ def _kept(name: str, esi: dict, ours: dict) -> tuple[dict, dict]:
                              if v[0] == "dataset" else v) for k, v in items.items()}
             files[rel] = items
         returned = desc["returned"]
+        if name == "inf_axis_single":  # esi-acme's values are wrong (defect): the truth
+            dset = files["ragged.h5"]["result_0"]
+            if esi_side:
+                dset[5] = [list(np.arange(x, dtype=float)) + [0.0] * (6 - x)
+                           for x in (2, 4, 6)]
         if name == "fallback_pickle":
             if esi_side:  # esi-acme moved the payloads to the top: put them back
                 files = {(rel if rel.endswith(".pickle") or rel == "dict_on_4.h5"
