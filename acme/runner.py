@@ -490,8 +490,9 @@ def _log_summary(pmap, tally: _Tally, elapsed: float, n_done_earlier: int) -> No
              pmap.n_inputs - n_failed, pmap.n_inputs, tally.func_name, elapsed,
              n_failed, f", {n_done_earlier} done earlier" if n_done_earlier else "",
              f"; results in {layout.output_dir}" if layout else "")
-    log.info("first result after %.3f s; longest call %d took %.3f s",
-             tally.first_at or 0.0, tally.longest[1], tally.longest[0])
+    if tally.longest[1] >= 0:  # no call ran (a resume with nothing left to do)
+        log.info("first result after %.3f s; longest call %d took %.3f s",
+                 tally.first_at or 0.0, tally.longest[1], tally.longest[0])
     if pmap.results_container:
         log.info("results container: %s", pmap.results_container)
 
