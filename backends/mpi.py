@@ -317,7 +317,9 @@ def _note_interrupted(exc: BaseException, pool: MPIPool, in_flight: dict, resent
                    for t in batch]
             for rank in in_flight if in_flight[rank] or resent[rank]}
     where = ", ".join(f"rank {rank} on {pool.hosts.get(rank, '?')}" for rank in sorted(held))
-    message = (f"the MPI run was interrupted: calls "
+    why = ("was interrupted" if isinstance(exc, KeyboardInterrupt)
+           else f"stopped because of {type(exc).__name__}")
+    message = (f"the MPI run {why}: calls "
                f"{sorted(i for calls in held.values() for i in calls)} were running "
                f"on worker ranks {sorted(held)} and {not_started} calls had not "
                f"started; their results are missing" + (f" ({where})" if where else ""))
