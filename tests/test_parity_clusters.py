@@ -9,6 +9,7 @@ and stop their pools by job id; local pools are stopped by their worker PIDs.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -215,27 +216,36 @@ def test_site_setup_off_cluster_on_a_terminal_asks_first(tmp_path):
             "        print('ERROR', isinstance(exc, OSError), exc, flush=True)\n")
     env = dict(os.environ, PATH=f"{stubs}{os.pathsep}{os.environ['PATH']}",
                PYTHONPATH=str(TESTS_DIR.parent), PYTHONUNBUFFERED="1")
-    master, slave = os.openpty()
-    proc = subprocess.Popen([sys.executable, "-c", code], stdin=slave, stdout=slave,
-                            stderr=slave, cwd=tmp_path, env=env, start_new_session=True)
-    os.close(slave)
     seen = b""
-    try:
+    with _on_a_terminal(code, tmp_path, env) as (proc, master):
         for answer in (b"n\n", b"y\n"):
             seen = _read_until(master, seen, b"instead? [y/N]",
                                seen.count(b"instead? [y/N]") + 1, 60)
             os.write(master, answer)
         assert proc.wait(timeout=60) == 0, seen.decode(errors="replace")
         seen = _read_until(master, seen, b"\n", 10 ** 6, 1)
+    text = seen.decode(errors="replace")
+    assert re.search(r"ERROR True esi_cluster_setup: SLURM is not usable .* no local "
+                     r"workers started, as asked", text), text
+    assert re.search(r"POOL LocalPool [1-9]", text), text
+
+
+@contextlib.contextmanager
+def _on_a_terminal(code: str, cwd: Path, env: dict):
+    """``python -c code`` with a pseudo-terminal as stdin, stdout and stderr: yields
+    (process, master fd); afterwards a process still running is killed (its group,
+    by PID) and the terminal closed."""
+    master, slave = os.openpty()
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=slave, stdout=slave,
+                            stderr=slave, cwd=cwd, env=env, start_new_session=True)
+    os.close(slave)
+    try:
+        yield proc, master
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         os.close(master)
-    text = seen.decode(errors="replace")
-    assert re.search(r"ERROR True esi_cluster_setup: SLURM is not usable .* no local "
-                     r"workers started, as asked", text), text
-    assert re.search(r"POOL LocalPool [1-9]", text), text
 
 
 def _read_until(master: int, seen: bytes, pattern: bytes, count: int,
@@ -417,24 +427,14 @@ def test_slurm_pool_interactive_wait_gives_up_without_an_answer(tmp_path, slurm)
             "                             job_extra=['--begin=now+3600'])\n"
             "except Exception as exc:\n"
             "    print('ERROR', type(exc).__name__, exc, flush=True)\n")
-    master, slave = os.openpty()
-    proc = subprocess.Popen([sys.executable, "-c", code], stdin=slave, stdout=slave,
-                            stderr=slave, cwd=tmp_path, start_new_session=True,
-                            env=slurm_env())
-    os.close(slave)
     seen = b""
-    try:
+    with _on_a_terminal(code, tmp_path, slurm_env()) as (proc, master):
         seen = _read_until(master, seen, b"give up [g]?", 1, 40)
         assert b"give up [g]?" in seen, seen.decode(errors="replace")
         start = time.monotonic()
         assert proc.wait(timeout=40) == 0, seen.decode(errors="replace")
         waited = time.monotonic() - start
         seen = _read_until(master, seen, b"\n", 10 ** 6, 1)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        os.close(master)
     text = seen.decode(errors="replace")
     assert "no answer within interactive_wait=2 s" in text, text
     assert "ERROR SlurmSetupTimeout" in text, text
